@@ -227,6 +227,8 @@ def from_dict(raw: dict[str, Any], label: str = "config", path: str = "") -> Set
     errors = Errors()
     base_dir = str(Path(path).parent) if path else "."
     raw = substitute_env(raw, "", errors)
+    if errors:  # an unset variable would only cause confusing follow-up errors
+        raise ConfigError([f"{label}: {line}" for line in errors.lines])
     sections: dict[str, Any] = {}
     for key in raw:
         if key not in _TOP_LEVEL and key not in _TABLES_OF and key not in _DEVICE_LISTS:

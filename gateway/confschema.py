@@ -82,7 +82,12 @@ def build(cls: type, raw: Any, path: str, errors: Errors) -> Any:
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:  # __post_init__ checks that span several keys
-        errors.add(path, str(exc))
+        message = str(exc)
+        key, sep, rest = message.partition(": ")
+        if sep and key in keys:  # "state_dir: missing ..." names one key: point at it
+            errors.add(join(path, key), rest)
+        else:
+            errors.add(path, message)
         return None
 
 

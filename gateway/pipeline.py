@@ -1,0 +1,561 @@
+"""The one data path: drivers -> sink -> engine -> outbox -> publisher -> MQTT.
+
+One asyncio loop owns the pipeline. Drivers hand data to the GatewaySink from any thread;
+the ingest loop takes it in batches, runs the (pure) engine, and commits the batch's messages,
+tag states and source cursors in one outbox transaction on the outbox's own thread. The
+publish loop leases committed rows to the publisher; PUBACKs come back through the ack loop,
+which deletes them. Nothing waits anywhere but in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from drivers.base import DeviceEvent, Driver, DriverHealth, driver_class
+from gateway import config as config_mod
+from gateway import sdnotify
+from gateway.config import Settings
+from gateway.engine import Engine, EngineConfig, Step
+from gateway.metrics import HealthServer, Metrics, counter, gauge
+from gateway.model import Movement, Outgoing, TagRead, iso_ms, movement_body, now_us
+from gateway.outbox import Outbox, OutboxError
+from gateway.publisher import Publisher
+
+log = logging.getLogger("fc_edge.pipeline")
+T = TypeVar("T")
+
+
+# --- the sink drivers write to ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Item:
+    kind: str  # "reads" | "event" | "movement"
+    payload: Any
+    cursors: Mapping[str, int] | None = None
+    future: Future[None] | None = None
+
+
+class GatewaySink:
+    """Thread-safe, never blocks: drivers append, the ingest loop takes everything at once."""
+
+    def __init__(self, cursors: Mapping[str, int], on_state: Callable[[str, DriverHealth], None]):
+        self._lock = threading.Lock()
+        self._items: list[_Item] = []
+        self._rows = 0
+        self._cursors = dict(cursors)
+        self._on_state = on_state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        self._loop, self._wake = loop, wake
+
+    def _put(self, item: _Item, rows: int) -> None:
+        with self._lock:
+            was_empty = not self._items
+            self._items.append(item)
+            self._rows += rows
+        if was_empty and self._loop is not None and self._wake is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # loop closed during shutdown: the item is simply not taken
+                pass
+
+    def reads(self, batch: Sequence[TagRead], cursors: Mapping[str, int] | None = None) -> None:
+        if batch or cursors:
+            self._put(_Item("reads", batch, cursors), len(batch))
+
+    def event(self, event: DeviceEvent) -> None:
+        self._put(_Item("event", event), 1)
+
+    def movement(self, move: Movement, cursors: Mapping[str, int] | None = None) -> Future[None]:
+        future: Future[None] = Future()
+        self._put(_Item("movement", move, cursors, future), 1)
+        return future
+
+    def device_state(self, device: str, health: DriverHealth) -> None:
+        self._on_state(device, health)
+
+    def cursor(self, key: str) -> int | None:
+        return self._cursors.get(key)
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def take(self) -> list[_Item]:
+        with self._lock:
+            items, self._items, self._rows = self._items, [], 0
+        return items
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    messages: list[Outgoing] = field(default_factory=list)
+    states: dict[str, Any] = field(default_factory=dict)  # epc -> TagState (last wins)
+    cursors: dict[str, int] = field(default_factory=dict)
+    futures: list[Future[None]] = field(default_factory=list)
+    movements: int = 0
+
+
+class Pipeline:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        gw = settings.gateway
+        self.topic_base = f"{settings.mqtt.topic_prefix}/{gw.site}/{gw.id}"
+        self.metrics = Metrics()
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self.outbox: Outbox | None = None
+        self.engine: Engine | None = None
+        self.publisher: Publisher | None = None
+        self.drivers: dict[str, Driver] = {}
+        self.driver_tasks: dict[str, asyncio.Task[None]] = {}
+        self.http: HealthServer | None = None
+        self.started_us = now_us()
+        self.last_progress = time.monotonic()
+        self.stopping = False
+        self.fatal: BaseException | None = None
+        self._acks: list[tuple[int, float]] = []
+        self._device_bodies: dict[str, dict[str, Any]] = {}
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_thread, fn, *args)
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the outbox, restore the engine and start the publisher (READY after this)."""
+        s = self.settings
+        path = s.state_path / "outbox.db"
+        o = s.outbox
+        self.outbox = await self._db(
+            lambda: Outbox(path, max_bytes=o.max_bytes, when_full=o.when_full, synchronous=o.synchronous)
+        )
+        states = await self._db(lambda: list(self.outbox.tag_states()))  # type: ignore[union-attr]
+        cursors = await self._db(self.outbox.cursors)
+        self.engine = Engine.restore(states, EngineConfig.from_settings(s))
+        log.info(
+            "outbox %s open: %d waiting, %d tag states restored",
+            path,
+            self.outbox.stats().depth,
+            len(states),
+        )
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._publish_wake = asyncio.Event()
+        self._ack_wake = asyncio.Event()
+        self.sink = GatewaySink(cursors, self._device_state)
+        self.sink.bind(loop, self._wake)
+        self.publisher = Publisher(
+            s.mqtt,
+            self.topic_base,
+            on_acks=lambda acks: loop.call_soon_threadsafe(self._on_acks, acks),
+            on_connection=lambda up: loop.call_soon_threadsafe(self._on_connection, up),
+            birth=self._birth,
+        )
+        self.metrics.add_collector(self._collect)
+        if s.metrics.enabled:
+            self.http = HealthServer(s.metrics.listen, self.metrics, self.health, self.ready)
+            self.http.start()
+        self.publisher.start()
+
+    def _birth(self) -> dict[str, Any]:
+        return {
+            "site": self.settings.gateway.site,
+            "gateway": self.settings.gateway.id,
+            "devices": [d.name for d in self.settings.devices],
+            "started": iso_ms(self.started_us),
+        }
+
+    def start_drivers(self) -> None:
+        for device in self.settings.devices:
+            cls = driver_class(device.driver)
+            driver = cls(device, self.sink)
+            self.drivers[device.name] = driver
+            self._device_state(device.name, driver.health())
+            self.driver_tasks[device.name] = asyncio.create_task(
+                self._supervise(driver), name=f"driver:{device.name}"
+            )
+
+    async def _supervise(self, driver: Driver) -> None:
+        """A driver must never end on a device error; if its code crashes, restart it."""
+        while True:
+            try:
+                await driver.run()
+                return  # a finite source (replay) completed
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("driver %s crashed; restarting it in 5 s", driver.name)
+                driver.count_error("driver_crash")
+                await asyncio.sleep(5)
+
+    # --- main loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.open()
+        self.start_drivers()
+        sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
+        tasks = [
+            asyncio.create_task(self._ingest_loop(), name="ingest"),
+            asyncio.create_task(self._publish_loop(), name="publish"),
+            asyncio.create_task(self._ack_loop(), name="ack"),
+            asyncio.create_task(self._status_loop(), name="status"),
+        ]
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                self.fatal = task.exception()
+        await self.shutdown(tasks)
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _ingest_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        o = self.settings.outbox
+        tick_s = self.settings.engine.tick_s
+        last_commit = last_tick = loop.time()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=tick_s)
+            except TimeoutError:
+                pass
+            # Let a batch build up: commit at most every commit_interval_s or commit_rows.
+            deadline = last_commit + o.commit_interval_s
+            while self.sink.rows < o.commit_rows and loop.time() < deadline:
+                await asyncio.sleep(min(0.005, deadline - loop.time()))
+            self._wake.clear()
+            batch = self._process(self.sink.take())
+            if loop.time() - last_tick >= tick_s:
+                last_tick = loop.time()
+                self._add_step(batch, self.engine.tick(now_us()))  # type: ignore[union-attr]
+            if batch.messages or batch.states or batch.cursors:
+                await self._commit(batch)
+                last_commit = loop.time()
+            self.last_progress = time.monotonic()
+
+    def _process(self, items: list[_Item]) -> _Batch:
+        batch = _Batch()
+        engine = self.engine
+        assert engine is not None
+        for item in items:
+            if item.kind == "reads":
+                reads: Sequence[TagRead] = item.payload
+                if reads:
+                    self.metrics.reads.labels(reads[0].reader).inc(len(reads))
+                    self._add_step(batch, engine.feed(reads))
+            elif item.kind == "movement":
+                move: Movement = item.payload
+                self._add_step(batch, engine.apply(move))
+                self._add_movement(batch, move)
+            elif item.kind == "event":
+                self._route_event(batch, item.payload)
+            if item.cursors:
+                batch.cursors.update(item.cursors)
+            if item.future is not None:
+                batch.futures.append(item.future)
+        return batch
+
+    def _add_step(self, batch: _Batch, step: Step) -> None:
+        for move in step.movements:
+            self._add_movement(batch, move)
+        for state in step.states:
+            batch.states[state.epc] = state
+
+    def _add_movement(self, batch: _Batch, move: Movement) -> None:
+        gw = self.settings.gateway
+        body = movement_body(move, gw.site, gw.id)
+        batch.messages.append(Outgoing("movements", "movements", body, id=move.id))
+        batch.movements += 1
+
+    def _route_event(self, batch: _Batch, event: DeviceEvent) -> None:
+        self.metrics.events.labels(event.device, event.kind).inc()
+        if event.kind == "equipment":
+            gw = self.settings.gateway
+            body = {
+                "schema": "fc-edge/equipment/1",
+                "site": gw.site,
+                "gateway": gw.id,
+                "device": event.device,
+                "time": iso_ms(event.time_us),
+                **event.data,
+            }
+            batch.messages.append(Outgoing("equipment", f"equipment/{event.device}", body))
+        else:
+            log.debug("event %s from %s has no consumer", event.kind, event.device)
+
+    async def _commit(self, batch: _Batch) -> None:
+        assert self.outbox is not None
+        try:
+            await self._db(
+                self.outbox.commit, batch.messages, list(batch.states.values()), batch.cursors
+            )
+        except OutboxError as exc:
+            for future in batch.futures:
+                future.set_exception(exc)
+            raise
+        for future in batch.futures:
+            future.set_result(None)
+        self.metrics.outbox_commits.inc()
+        self.metrics.outbox_appends.inc(len(batch.messages))
+        self._publish_wake.set()
+
+    async def _publish_loop(self) -> None:
+        publisher, outbox = self.publisher, self.outbox
+        assert publisher is not None and outbox is not None
+        window = self.settings.mqtt.inflight
+        while True:
+            await self._publish_wake.wait()
+            self._publish_wake.clear()
+            if not publisher.connected or self.stopping and not self._draining:
+                continue
+            room = window - publisher.in_flight
+            if room <= 0:
+                continue
+            rows = await self._db(outbox.lease, room)
+            if rows:
+                publisher.publish(rows)
+                self.metrics.published.inc(len(rows))
+                if len(rows) == room:
+                    continue  # acks will wake us
+                self._publish_wake.set()  # more may have been committed meanwhile
+
+    def _on_acks(self, acks: list[tuple[int, float]]) -> None:
+        self._acks.extend(acks)
+        self._ack_wake.set()
+
+    async def _ack_loop(self) -> None:
+        assert self.outbox is not None
+        while True:
+            await self._ack_wake.wait()
+            await asyncio.sleep(0.01)  # gather a few PUBACKs into one transaction
+            self._ack_wake.clear()
+            acks, self._acks = self._acks, []
+            if not acks:
+                continue
+            await self._db(self.outbox.ack, [rowid for rowid, _ in acks])
+            self.metrics.acked.inc(len(acks))
+            for _, latency in acks:
+                self.metrics.publish_latency.observe(latency)
+            self._publish_wake.set()
+
+    def _on_connection(self, up: bool) -> None:
+        self.metrics.broker_connected.set(1 if up else 0)
+        if up:
+            self.metrics.broker_connects.inc()
+        self._publish_wake.set()
+        self._notify_status()
+
+    def _device_state(self, device: str, health: DriverHealth) -> None:
+        """From any thread: publish the device's retained status (state, since, last data)."""
+        cfg = next((d for d in self.settings.devices if d.name == device), None)
+        body = {
+            "schema": "fc-edge/device/1",
+            "device": device,
+            "driver": cfg.driver if cfg else None,
+            **health.to_json(),
+        }
+        self._device_bodies[device] = body
+        if self.publisher is not None:
+            self.publisher.publish_retained(f"devices/{device}", body)
+
+    async def _status_loop(self) -> None:
+        """Refresh STATUS= and the watchdog from real progress, and device last-data times."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._notify_status()
+            if time.monotonic() - self.last_progress < 5:
+                sdnotify.notify("WATCHDOG=1")
+
+    def _notify_status(self) -> None:
+        sdnotify.notify(f"STATUS={self.status_line()}")
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    _draining = False
+
+    async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.stopping = True
+        sdnotify.notify("STOPPING=1")
+        for task in self.driver_tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.driver_tasks.values(), return_exceptions=True)
+        ingest = tasks[0]
+        ingest.cancel()
+        await asyncio.gather(ingest, return_exceptions=True)
+        if self.fatal is None and self.engine is not None:
+            batch = self._process(self.sink.take())
+            if batch.messages or batch.states or batch.cursors:
+                try:
+                    await self._commit(batch)
+                except OutboxError as exc:
+                    self.fatal = exc
+        if self.fatal is None:
+            await self._drain(self.settings.gateway.shutdown_timeout_s)
+        for task in tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        if self.publisher is not None:
+            await asyncio.to_thread(self.publisher.stop)
+        if self.http is not None:
+            self.http.stop()
+        if self.outbox is not None:
+            outbox = self.outbox
+            left = outbox.stats().depth
+            await self._db(outbox.close)
+            log.info("stopped; %d messages wait in the outbox for the next start", left)
+        self._db_thread.shutdown(wait=True)
+
+    async def _drain(self, timeout: float) -> None:
+        """Publish what is waiting, for up to `timeout` s, while the broker is reachable."""
+        assert self.outbox is not None and self.publisher is not None
+        self._draining = True
+        self._publish_wake.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.publisher.connected:
+                break
+            if self.outbox.stats().depth == 0 and self.publisher.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        # acks that arrived in the last moments
+        if self._acks:
+            acks, self._acks = self._acks, []
+            await self._db(self.outbox.ack, [rowid for rowid, _ in acks])
+
+    # --- health -------------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        readers = [d for d in self.drivers.values()]
+        up = sum(1 for d in readers if d.health().state == "up")
+        depth = self.outbox.stats().depth if self.outbox else 0
+        broker = "connected" if self.publisher and self.publisher.connected else "disconnected"
+        return f"{up}/{len(readers)} devices up, outbox {depth}, broker {broker}"
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "alive", "started": iso_ms(self.started_us)}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        publisher = self.publisher
+        devices = {name: d.health().to_json() for name, d in self.drivers.items()}
+        running = all(not t.done() or name not in self.drivers for name, t in self.driver_tasks.items())
+        configured = len(self.drivers) == len(self.settings.devices)
+        ok = self.outbox is not None and publisher is not None and configured and running
+        broker: dict[str, Any] = {
+            "broker": "connected" if publisher and publisher.connected else "disconnected"
+        }
+        if publisher and publisher.disconnected_since_us:
+            broker["since"] = iso_ms(publisher.disconnected_since_us)
+            broker["last_error"] = publisher.last_error
+        stats = self.outbox.stats().to_json() if self.outbox else None
+        return ok, {"ready": ok, **broker, "outbox": stats, "devices": devices}
+
+    def _collect(self) -> list[Any]:
+        out: list[Any] = []
+        if self.outbox is not None:
+            st = self.outbox.stats()
+            out.append(gauge("outbox_messages", "Messages waiting in the outbox", st.depth))
+            out.append(gauge("outbox_bytes", "Bytes waiting in the outbox", st.bytes))
+            age = (now_us() - st.oldest_created_us) / 1e6 if st.oldest_created_us else 0.0
+            out.append(gauge("outbox_oldest_age_seconds", "Age of the oldest waiting message", age))
+            out.append(
+                counter(
+                    "outbox_dropped_messages_total",
+                    "Messages dropped because the outbox was full",
+                    {(k,): v for k, v in st.dropped.items()},
+                    ["stream"],
+                )
+            )
+        if self.publisher is not None:
+            out.append(gauge("publisher_in_flight_messages", "Published, awaiting PUBACK", self.publisher.in_flight))
+        if self.engine is not None:
+            out.append(gauge("engine_tracked_tags", "Tags the engine tracks", self.engine.tracked))
+            out.append(
+                counter(
+                    "engine_movements_total",
+                    "Movements produced by the engine",
+                    {(k,): v for k, v in self.engine.movement_counts.items()},
+                    ["type"],
+                )
+            )
+            out.append(
+                counter(
+                    "engine_suppressed_reads_total",
+                    "Reads the engine ignored, by reason",
+                    {(k,): v for k, v in self.engine.suppressed.items()},
+                    ["reason"],
+                )
+            )
+        for name, driver in self.drivers.items():
+            h = driver.health()
+            out.append(gauge("device_up", "1 while the device is connected and delivering", 1 if h.state == "up" else 0, {"device": name}))
+            out.append(
+                counter(
+                    "device_reconnects_total",
+                    "Reconnects by cause",
+                    {(name, cause): n for cause, n in h.reconnects.items()},
+                    ["device", "cause"],
+                )
+            )
+            out.append(
+                counter(
+                    "device_errors_total",
+                    "Device errors by kind (bad frames, timeouts, garbled lines)",
+                    {(name, kind): n for kind, n in h.errors.items()},
+                    ["device", "kind"],
+                )
+            )
+            if h.last_data_us:
+                out.append(gauge("device_last_data_age_seconds", "Seconds since the device last delivered data", (now_us() - h.last_data_us) / 1e6, {"device": name}))
+        return out
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+async def run_gateway(settings: Settings, on_started: Callable[[Pipeline], Awaitable[None]] | None = None) -> int:
+    pipeline = Pipeline(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(pipeline)))
+    try:
+        await pipeline.run(stop)
+    except OutboxError as exc:
+        log.critical("%s — stopping: fc-edge will not run without a durable outbox", exc)
+        return 74  # EX_IOERR
+    return 0
+
+
+async def _reload(pipeline: Pipeline) -> None:
+    """SIGHUP: new locations, portals, profiles; tag state and the outbox are kept. A bad new
+    config is refused and logged; the old one stays in force."""
+    sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    try:
+        new = config_mod.load(pipeline.settings.path)
+    except config_mod.ConfigError as exc:
+        log.error("reload refused, keeping the running config:\n%s", exc)
+        sdnotify.notify("READY=1")
+        return
+    if pipeline.engine is not None:
+        pipeline.engine.reload(EngineConfig.from_settings(new))
+    pipeline.settings = new
+    log.info("reloaded %s", new.path)
+    sdnotify.notify("READY=1", f"STATUS={pipeline.status_line()}")
