@@ -104,6 +104,13 @@ class Driver(ABC):
         self._health = DriverHealth(since_us=time.time_ns() // 1000)
         self._health_lock = threading.Lock()
 
+    @classmethod
+    def validate(cls, device: DeviceSettings) -> list[str]:
+        """Checks that need more than the Options' types (e.g. loading a register map).
+        Returns error lines "key: message" (key relative to the device entry); run by the
+        config loader, so `check-config` reports them too."""
+        return []
+
     @abstractmethod
     async def run(self) -> None:
         """Serve the device until cancelled. Must never return on a device error."""

@@ -21,6 +21,7 @@ DELEGATED = {
     "score": "gateway.score:main",
     "record": "gateway.record:main",
     "demo": "gateway.demo:main",
+    "scenario": "simulators.scenario:main",
 }
 SIMULATORS = {
     "llrp": "simulators.llrp.cli:main",

@@ -316,7 +316,14 @@ def build_devices(
             errors.add(join(here, "antennas"), f"driver {driver!r} has no antennas")
         options = build(cls.Options, entry, here, errors)
         if options is not None and isinstance(name, str) and name:
-            devices.append(DeviceSettings(name, driver, antennas, options, base_dir))
+            device = DeviceSettings(name, driver, antennas, options, base_dir)
+            for line in cls.validate(device):
+                key, sep, message = line.partition(": ")
+                if sep:
+                    errors.add(join(here, key), message)
+                else:
+                    errors.add(here, line)
+            devices.append(device)
     return tuple(devices)
 
 

@@ -114,9 +114,7 @@ class Outbox:
         self.when_full = when_full
         self._leased_upto = 0  # rowids <= this have been handed to the publisher
         self.conn = self._open(synchronous)
-        self._bytes, self._depth = self._scan_size()
-        self._last_seq = dict(self.conn.execute("SELECT stream, last_seq FROM streams").fetchall())
-        self._counters = dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
+        self._resync()
         self.appended = 0
         self.acked = 0
 
@@ -199,12 +197,18 @@ class Outbox:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
-            # Roll our in-memory view back to the database's: nothing of the batch happened.
-            self._last_seq = dict(self.conn.execute("SELECT stream, last_seq FROM streams"))
-            self._bytes, self._depth = self._scan_size()
-            raise OutboxError(f"outbox {self.path}: commit failed: {exc}") from exc
+        except BaseException as exc:
+            # Nothing of the batch happened: bring the in-memory view back to the database's.
+            self._resync()
+            if isinstance(exc, sqlite3.Error):
+                raise OutboxError(f"outbox {self.path}: commit failed: {exc}") from exc
+            raise
         return assigned
+
+    def _resync(self) -> None:
+        self._last_seq = dict(self.conn.execute("SELECT stream, last_seq FROM streams").fetchall())
+        self._counters = dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
+        self._bytes, self._depth = self._scan_size()
 
     def _write(
         self,

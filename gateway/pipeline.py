@@ -128,6 +128,7 @@ class Pipeline:
         self.stopping = False
         self.fatal: BaseException | None = None
         self._acks: list[tuple[int, float]] = []
+        self._checkpoints: list[tuple[int, Mapping[str, int]]] = []  # (newest read µs, cursors)
         self._device_bodies: dict[str, dict[str, Any]] = {}
 
     # --- helpers ------------------------------------------------------------------------------
@@ -245,6 +246,7 @@ class Pipeline:
             if loop.time() - last_tick >= tick_s:
                 last_tick = loop.time()
                 self._add_step(batch, self.engine.tick(now_us()))  # type: ignore[union-attr]
+            self._release_checkpoints(batch)
             if batch.messages or batch.states or batch.cursors:
                 await self._commit(batch)
                 last_commit = loop.time()
@@ -266,11 +268,34 @@ class Pipeline:
                 self._add_movement(batch, move)
             elif item.kind == "event":
                 self._route_event(batch, item.payload)
-            if item.cursors:
+            if item.cursors and item.kind == "reads" and item.payload:
+                # A source position is durable only once every read before it has had its
+                # full effect: see _release_checkpoints.
+                newest = max(read.time_us for read in item.payload)
+                self._checkpoints.append((newest, item.cursors))
+            elif item.cursors:
                 batch.cursors.update(item.cursors)
             if item.future is not None:
                 batch.futures.append(item.future)
         return batch
+
+    def _release_checkpoints(self, batch: _Batch) -> None:
+        """Commit a source cursor (e.g. a replay's line) only once the engine holds no
+        undecided evidence from reads before it. Evidence lives in memory; if the cursor ran
+        ahead of it, a crash would lose reads that were about to confirm a movement. Reads
+        re-fed after a restart are idempotent: the restored tag states already hold every
+        decision made from them."""
+        if not self._checkpoints:
+            return
+        floor_fn = getattr(self.engine, "resume_floor_us", None)
+        floor = floor_fn() if floor_fn is not None else None
+        released = 0
+        for newest, cursors in self._checkpoints:
+            if floor is not None and newest >= floor:
+                break
+            batch.cursors.update(cursors)
+            released += 1
+        del self._checkpoints[:released]
 
     def _add_step(self, batch: _Batch, step: Step) -> None:
         for move in step.movements:
@@ -401,6 +426,7 @@ class Pipeline:
         await asyncio.gather(ingest, return_exceptions=True)
         if self.fatal is None and self.engine is not None:
             batch = self._process(self.sink.take())
+            self._release_checkpoints(batch)
             if batch.messages or batch.states or batch.cursors:
                 try:
                     await self._commit(batch)

@@ -41,8 +41,14 @@ class Broker:
 
     def write_config(self) -> Path:
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        if os.geteuid() == 0:  # else mosquitto drops to user mosquitto and cannot read tmp files
+            lines.append("user root")
         if self.persistence:
-            lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
+            lines += [
+                "persistence true",
+                f"persistence_location {self.workdir}/",
+                "autosave_interval 1",
+            ]
         else:
             lines += ["persistence false"]
         if self.tls:
@@ -95,18 +101,62 @@ def make_certs(directory: Path) -> dict[str, str]:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fc-edge test CA",
-        "-keyout", "ca.key", "-out", "ca.pem")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fc-edge test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
     (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", "san.ext")
-    return {k: str(directory / v) for k, v in {
-        "ca": "ca.pem", "cert": "server.pem", "key": "server.key",
-        "client_cert": "client.pem", "client_key": "client.key",
-    }.items()}
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            "-extfile",
+            "san.ext",
+        )
+    return {
+        k: str(directory / v)
+        for k, v in {
+            "ca": "ca.pem",
+            "cert": "server.pem",
+            "key": "server.key",
+            "client_cert": "client.pem",
+            "client_key": "client.key",
+        }.items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +188,9 @@ def gateway_toml(
     metrics_port: int | None = None,
 ) -> str:
     metrics = (
-        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else "[metrics]\nenabled = false\n"
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+        if metrics_port
+        else "[metrics]\nenabled = false\n"
     )
     return f"""
 [gateway]
@@ -167,10 +219,6 @@ disposition = "in_progress"
 biz_step = "storing"
 disposition = "sellable_not_accessible"
 
-[portals.dock-03]
-outside = ["dock-03:1"]
-inside = ["dock-03:2"]
-
 {extra}
 
 {readers}
@@ -187,6 +235,10 @@ speed = {speed}
 [readers.antennas]
 1 = {{ location = "YARD", read_point = "{name}-outside" }}
 2 = {{ location = "DOCK-03", read_point = "{name}-inside" }}
+
+[portals.{name}]
+outside = ["{name}:1"]
+inside = ["{name}:2"]
 """
 
 
@@ -204,8 +256,16 @@ class ListenProcess:
         self.err_path = self.out_path.with_suffix(".err")
         self.out = open(self.out_path, "wb")  # noqa: SIM115
         self.err = open(self.err_path, "wb")  # noqa: SIM115
-        self.proc = fc_edge("listen", "--broker", broker_url, "--site", site, *args,
-                            stdout=self.out, stderr=self.err)
+        self.proc = fc_edge(
+            "listen",
+            "--broker",
+            broker_url,
+            "--site",
+            site,
+            *args,
+            stdout=self.out,
+            stderr=self.err,
+        )
 
     def lines(self) -> list[dict[str, Any]]:
         text = self.out_path.read_text()

@@ -82,3 +82,37 @@ class RecordingSink:
     def state_names(self) -> list[str]:
         with self.lock:
             return [h.state for _, h in self.states]
+
+
+def sgtin96(company: int, item: int, serial: int, filter_value: int = 1) -> str:
+    """An SGTIN-96 EPC (hex) for a 7-digit company prefix (partition 5), packed by hand so
+    tests can make thousands quickly; decode_epc() checks the packing against epcpy."""
+    value = 0x30
+    value = value << 3 | filter_value
+    value = value << 3 | 5  # partition 5: 24-bit company prefix, 20-bit item reference
+    value = value << 24 | company
+    value = value << 20 | item
+    value = value << 38 | serial
+    return f"{value:024X}"
+
+
+_SCHEMA_FILES = {
+    "fc-edge/movement/1": "movement.json",
+    "fc-edge/dropped/1": "dropped.json",
+    "fc-edge/equipment/1": "equipment.json",
+    "fc-edge/count/1": "count.json",
+    "fc-edge/device/1": "device.json",
+}
+
+
+def validate_message(obj: dict[str, Any]) -> None:
+    """Validate a published message against its JSON Schema in gateway/schemas/ (tests only:
+    validation is kept off the hot path)."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    name = _SCHEMA_FILES[obj["schema"]]
+    path = Path(__file__).resolve().parent.parent / "gateway" / "schemas" / name
+    jsonschema.validate(obj, json.loads(path.read_text()))

@@ -1,19 +1,58 @@
 """The movement engine: batches of TagReads in, true stock movements out. Pure: no I/O, no
 threads, no clock of its own (time comes in with the reads and with tick()).
 
-This is the spine's minimal engine: first confirmed sighting at an on-site location ->
-`arrived`; a change between on-site locations -> `moved`; a read at an offsite portal side
-after being present -> `departed`; absence past the location's departed_after_s -> `departed`.
-The engine issue replaces the location decision; this interface stays.
+How a read becomes a movement (docs/engine.md has the long form):
+
+1. Reads wait `reorder_window_s` in a buffer and are then taken in reader-time order, so a
+   late batch from a slow reader is still placed where it belongs.
+2. antenna -> location (+ rssi_offset_db). Unknown antennas and weak reads are suppressed.
+3. Each tag has one *current* location estimate with a smoothed RSSI, and at most one
+   *challenger*. A challenger wins when its smoothed RSSI beats the current one by the current
+   location's offset (full threshold while the tag is still read there, decaying with the
+   time since it was last read there: EdgeX's mobility profile), with at least `min_reads`
+   reads and a lead held for the new location's `confirm_s`. Reads much weaker than where the
+   tag is (cross-reads between a reader's antennas, strays of parked tags near a portal) are
+   never evidence.
+4. A change of estimate is a movement by the spine's semantics: absent -> on-site = arrived
+   (from = the offsite portal side it came through); on-site -> on-site = moved; on-site ->
+   offsite = departed at once. Portal sides are locations, so the order in which a tag is seen
+   strongest on each side is exactly the sequence of its estimates: seen on one side only, or
+   turning back before the other side took the lead, is no crossing.
+5. tick(): a present tag unread for its location's departed_after_s departs (to = null);
+   an absent tag unread for forget_after_s is dropped.
+
+Per-tag state lives in parallel typed arrays indexed by a slot number (about 60 bytes a tag)
+so a million tracked tags fit in ~250 MB with their EPC strings and the index dict.
 """
 
 from __future__ import annotations
 
+import heapq
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
-from gateway.engine.config import EngineConfig, Place
+from gateway.engine.config import EngineConfig, LocationInfo, Place
 from gateway.model import Movement, Observed, TagRead, TagState
+
+NONE = -1  # "no location" in the location arrays
+NEVER = -(1 << 62)  # "no time" in the time arrays
+_NAN = float("nan")
+_RECHECK_US = 60_000_000  # a present tag at a location that never departs is looked at every minute
+_time_of = attrgetter("time_us")
+
+SUPPRESSION_REASONS = (
+    "unknown_antenna",  # the (reader, antenna) is not in the config
+    "weak",  # below min_rssi_dbm after the antenna's rssi_offset_db
+    "cross_read",  # much weaker than where the tag is, read by a reader that also reads there
+    "stray",  # much weaker than where the tag is, from another reader
+    "portal_stray",  # as stray, at a portal antenna (a parked tag near a door)
+    "single",  # evidence for a location that never reached min_reads
+    "outvoted",  # evidence for a location that never beat the current one
+    "late",  # older than the reorder window already judged: kept only as a sighting
+)
 
 
 @dataclass(slots=True)
@@ -24,178 +63,660 @@ class Step:
     states: list[TagState] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Tag:
-    present: bool
-    location: str | None
-    last_seen_us: int
-    # evidence at the candidate location, reset when the candidate changes
-    candidate: str | None = None
-    reads: int = 0
-    rssi_peak: float = -1000.0
-    first_seen_us: int = 0
-    via_offsite: str | None = None  # the offsite location it was last seen at (for `from`)
+class Loc:
+    """Runtime view of one location: its config plus its profile in microseconds."""
+
+    __slots__ = (
+        "id",
+        "name",
+        "offsite",
+        "info",
+        "alpha",
+        "confirm_us",
+        "departed_after_us",
+        "forget_after_us",
+        "threshold",
+        "holdoff_us",
+        "decay_per_us",
+        "floor",
+        "readers",
+    )
+
+    def __init__(self, lid: int, info: LocationInfo, readers: frozenset[str]) -> None:
+        p = info.profile
+        self.id = lid
+        self.name = info.name
+        self.offsite = info.offsite
+        self.info = info
+        self.alpha = 2.0 / (p.window_reads + 1)
+        self.confirm_us = int(p.confirm_s * 1e6)
+        self.departed_after_us = 0 if p.departed_after_s is None else int(p.departed_after_s * 1e6)
+        self.forget_after_us = int(p.forget_after_s * 1e6)
+        self.threshold = p.threshold_db
+        self.holdoff_us = int(p.holdoff_s * 1e6)
+        self.decay_per_us = p.decay_db_per_s / 1e6
+        self.floor = p.floor_db
+        self.readers = readers
+
+    def offset(self, since_us: int) -> float:
+        """How much stronger a challenger must be, `since_us` after the last read here."""
+        if since_us <= self.holdoff_us:
+            return self.threshold
+        off = self.threshold - self.decay_per_us * (since_us - self.holdoff_us)
+        return off if off > self.floor else self.floor
+
+
+def make_movement(
+    kind: str,
+    epc: str,
+    old: Loc | None,
+    new: Loc | None,
+    time_us: int,
+    source: str,
+    via: str | None,
+    observed: Observed | None,
+) -> Movement:
+    """A movement with its business meaning. Arrivals and moves carry the target location's
+    biz_step/disposition; a departure carries the offsite target's when it has them (a
+    trailer: shipping/in_transit), else those of the location it left (a ship door)."""
+    biz = new.info if new is not None else None
+    if kind == "departed" and (biz is None or (biz.biz_step is None and biz.disposition is None)):
+        biz = old.info if old is not None else None
+    return Movement(
+        type=kind,  # type: ignore[arg-type]
+        epc=epc,
+        from_=old.name if old is not None else None,
+        to=new.name if new is not None else None,
+        time_us=time_us,
+        source=source,
+        via=via,
+        biz_step=biz.biz_step if biz else None,
+        disposition=biz.disposition if biz else None,
+        observed=observed,
+    )
+
+
+def transition_kind(old: Loc | None, new: Loc | None) -> str | None:
+    """The spine's movement semantics for a change of location estimate (None: no movement)."""
+    was_present = old is not None and not old.offsite
+    if new is None or new.offsite:
+        return "departed" if was_present else None
+    if was_present:
+        return "moved" if old is not new else None
+    return "arrived"
 
 
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self.tags: dict[str, _Tag] = {}
-        self.suppressed: dict[str, int] = {"weak": 0, "unknown_antenna": 0}
+        self.suppressed: dict[str, int] = dict.fromkeys(SUPPRESSION_REASONS, 0)
         self.movement_counts: dict[str, int] = {"arrived": 0, "moved": 0, "departed": 0}
+        self.evicted: dict[str, int] = {"present": 0, "absent": 0}
+        self.locs: list[Loc] = []  # append-only: ids stay valid across reloads
+        self._loc_ids: dict[str, int] = {}
+        # per tag, by slot
+        self._index: dict[str, int] = {}
+        self._epc: list[str | None] = []
+        self._free: list[int] = []
+        self._loc = array("h")  # current location estimate (NONE: unknown)
+        self._tentative = array("b")  # 1: the estimate is not confirmed yet (nothing announced)
+        self._n_cur = array("H")  # reads behind a tentative estimate
+        self._t_since = array("q")  # since when the estimate holds
+        self._s_cur = array("f")  # smoothed RSSI at the current location (NaN: unknown)
+        self._t_cur = array("q")  # last read at the current location
+        self._cand = array("h")  # challenger location (NONE: none)
+        self._s_cand = array("f")
+        self._t_cand = array("q")  # last read at the challenger
+        self._n_cand = array("H")  # reads of the challenger (or of an unconfirmed estimate)
+        self._t_lead = array("q")  # since when the challenger leads (NEVER: it does not)
+        self._peak = array("f")
+        self._seen = array("q")  # last read anywhere
+        self._due = array("q")  # wheel key of the tag's live absence check (0: none)
+        # absence checks: wheel key (tick-sized slots of reader time) -> slots, plus a heap of keys
+        self._wheel: dict[int, list[int]] = {}
+        self._wheel_keys: list[int] = []
+        # reorder buffer
+        self._pending: list[TagRead] = []
+        self._pending_max = NEVER
+        self._judged_to = NEVER  # every read at or before this time has been taken
+        self._max_at_tick = NEVER
+        self._quiet_since = 0
+        self._apply(config)
+
+    # --- config -------------------------------------------------------------------------------
+
+    def _apply(self, config: EngineConfig) -> None:
+        self.config = config
+        s = config.settings
+        readers_of: dict[str, set[str]] = {}
+        for (reader, _), place in config.places.items():
+            readers_of.setdefault(place.location, set()).add(reader)
+        for name, info in config.locations.items():
+            lid = self._loc_ids.get(name)
+            loc = Loc(lid if lid is not None else len(self.locs), info, frozenset())
+            loc.readers = frozenset(readers_of.get(name, ()))
+            if lid is None:
+                self._loc_ids[name] = loc.id
+                self.locs.append(loc)
+            else:
+                self.locs[lid] = loc
+        self._alpha = [loc.alpha for loc in self.locs]
+        self._threshold = [loc.threshold for loc in self.locs]
+        places: dict[str, dict[int, tuple[int, float, Place]]] = {}
+        for (reader, antenna), place in config.places.items():
+            lid = self._loc_ids[place.location]
+            places.setdefault(reader, {})[antenna] = (lid, place.rssi_offset_db, place)
+        self._places = places
+        self._min_rssi = s.min_rssi_dbm
+        self._min_reads = s.min_reads
+        self._max_tags = s.max_tags
+        self._window_us = int(s.reorder_window_s * 1e6)
+        self._flush_step_us = max(1, self._window_us // 2)
+        self._tick_us = max(1000, int(s.tick_s * 1e6))
+        self._xr_margin = s.cross_read_margin_db
+        self._xr_window_us = int(s.cross_read_window_s * 1e6)
+        self._gap_us = int(s.evidence_gap_s * 1e6)
+        self._default_forget_us = max(
+            (loc.forget_after_us for loc in self.locs), default=3_600_000_000
+        )
+
+    def _loc_named(self, name: str) -> int:
+        """The id of a location, registering one the config no longer has (a restored state, a
+        device's move) as a plain zone so its tags are kept, not forgotten."""
+        lid = self._loc_ids.get(name)
+        if lid is None:
+            from gateway.engine.config import DEFAULT_PROFILES
+
+            info = LocationInfo(name, False, None, None, DEFAULT_PROFILES["zone"])
+            lid = len(self.locs)
+            self._loc_ids[name] = lid
+            self.locs.append(Loc(lid, info, frozenset()))
+            self._alpha.append(self.locs[lid].alpha)
+            self._threshold.append(self.locs[lid].threshold)
+        return lid
 
     @classmethod
     def restore(cls, states: Iterable[TagState], config: EngineConfig) -> Engine:
+        """An engine that knows where tags were before a restart (the outbox's tag states)."""
         engine = cls(config)
         for s in states:
-            engine.tags[s.epc] = _Tag(s.present, s.location, s.last_seen_us)
+            if not s.present or s.location is None:
+                continue  # absent tags carry nothing worth restoring
+            i = engine._slot(s.epc, s.last_seen_us)
+            lid = engine._loc_named(s.location)
+            if engine.locs[lid].offsite:
+                continue
+            engine._loc[i] = lid
+            engine._s_cur[i] = _NAN  # unknown: the first read after the restart sets it
+            engine._t_cur[i] = s.last_seen_us
+            engine._schedule(i, s.last_seen_us)
         return engine
 
     def reload(self, config: EngineConfig) -> None:
-        """New locations/portals/profiles; tag states are kept."""
-        self.config = config
+        """New locations/portals/profiles; tag states are kept (location ids never change)."""
+        self._apply(config)
+
+    # --- queries ------------------------------------------------------------------------------
 
     def state_of(self, epc: str) -> TagState | None:
-        tag = self.tags.get(epc)
-        if tag is None:
+        i = self._index.get(epc)
+        if i is None:
             return None
-        return TagState(epc, tag.present, tag.location, tag.last_seen_us)
+        return self._state(i)
+
+    def _state(self, i: int) -> TagState:
+        epc = self._epc[i]
+        assert epc is not None
+        present = self._present(i)
+        location = self.locs[self._loc[i]].name if present else None
+        return TagState(epc, present, location, self._seen[i])
+
+    def _present(self, i: int) -> bool:
+        cur = self._loc[i]
+        return cur != NONE and not self.locs[cur].offsite and not self._tentative[i]
+
+    @property
+    def tracked(self) -> int:
+        return len(self._index)
+
+    @property
+    def pending_reads(self) -> int:
+        return len(self._pending)
+
+    # --- reads --------------------------------------------------------------------------------
 
     def feed(self, reads: Sequence[TagRead]) -> Step:
+        """Take a batch; judge every read older than the reorder window (in time order)."""
         step = Step()
-        places = self.config.places
-        min_rssi = self.config.settings.min_rssi_dbm
-        for read in reads:
-            place = places.get((read.reader, read.antenna))
-            if place is None:
-                self.suppressed["unknown_antenna"] += 1
-                continue
-            rssi = read.rssi + place.rssi_offset_db
-            if rssi < min_rssi:
-                self.suppressed["weak"] += 1
-                continue
-            self._observe(read, place, rssi, step)
+        if not reads:
+            return step
+        pending = self._pending
+        pending.extend(reads)
+        top = max(map(_time_of, reads))
+        if top > self._pending_max:
+            self._pending_max = top
+        cutoff = self._pending_max - self._window_us
+        if cutoff >= self._judged_to + self._flush_step_us:
+            self._flush(cutoff, step)
         return step
 
-    def _observe(self, read: TagRead, place: Place, rssi: float, step: Step) -> None:
-        tag = self.tags.get(read.epc)
-        if tag is None:
-            tag = self.tags[read.epc] = _Tag(False, None, read.time_us)
-        tag.last_seen_us = max(tag.last_seen_us, read.time_us)
-        if place.offsite:
-            if tag.present and place.side == "outside":
-                self._emit(step, read.epc, tag, "departed", place.location, read, place)
-                tag.present, tag.location = False, None
-            tag.via_offsite = place.location
-            tag.candidate = None
+    def flush(self) -> Step:
+        """Judge every buffered read now (end of a replay, tests): no later read can reorder."""
+        step = Step()
+        if self._pending:
+            self._flush(self._pending_max, step)
+        return step
+
+    def _flush(self, cutoff: int, step: Step) -> None:
+        pending = self._pending
+        if not pending:
             return
-        if tag.present and tag.location == place.location:
-            tag.candidate = None
+        pending.sort(key=_time_of)
+        k = bisect_right(pending, cutoff, key=_time_of)
+        if k == 0:
             return
-        if tag.candidate != place.location:
-            tag.candidate = place.location
-            tag.reads = 0
-            tag.rssi_peak = rssi
-            tag.first_seen_us = read.time_us
-        tag.reads += read.count
-        tag.rssi_peak = max(tag.rssi_peak, rssi)
-        if tag.reads < self.config.settings.min_reads:
+        if k == len(pending):
+            ready = pending
+            self._pending = []
+        else:
+            ready = pending[:k]
+            del pending[:k]
+        late_before = self._judged_to
+        self._judged_to = max(self._judged_to, cutoff)
+        self._judge(ready, late_before, step)
+
+    def _judge(self, reads: list[TagRead], late_before: int, step: Step) -> None:
+        """The hot loop: kept flat, with locals, and allocation-free for the common read (a tag
+        read again where it already is)."""
+        suppressed = self.suppressed
+        places = self._places
+        index = self._index
+        loc_a = self._loc
+        tentative = self._tentative
+        n_cur = self._n_cur
+        s_cur = self._s_cur
+        t_cur = self._t_cur
+        cand_a = self._cand
+        s_cand = self._s_cand
+        t_cand = self._t_cand
+        t_lead = self._t_lead
+        seen = self._seen
+        alpha = self._alpha
+        threshold = self._threshold
+        min_rssi = self._min_rssi
+        margin = self._xr_margin
+        xr_window = self._xr_window_us
+        challenge = self._challenge
+        progress = self._tentative_progress
+        last_reader: str | None = None
+        antennas: dict[int, tuple[int, float, Place]] | None = None
+        unknown = weak = late = cross = 0
+        for read in reads:
+            reader = read.reader
+            if reader is not last_reader:
+                antennas = places.get(reader)
+                last_reader = reader
+            place = antennas.get(read.antenna) if antennas is not None else None
+            if place is None:
+                unknown += 1
+                continue
+            lid = place[0]
+            rssi = read.rssi + place[1]
+            t = read.time_us
+            i = index.get(read.epc)
+            if rssi < min_rssi:
+                weak += 1
+                if i is not None and t > seen[i]:
+                    seen[i] = t
+                continue
+            if i is None:
+                i = self._slot(read.epc, t)
+            elif t > seen[i]:
+                seen[i] = t
+            if t <= late_before:
+                late += 1
+                continue
+            if lid != loc_a[i]:
+                challenge(i, lid, place[2], rssi, t, read, step)
+                continue
+            c = cand_a[i]
+            holds = True
+            if c != NONE and t - t_cand[i] <= xr_window:
+                sc = s_cand[i]
+                if rssi < sc - margin:
+                    # Read far more strongly elsewhere right now: a cross-read of where it was,
+                    # not a sign it is still there.
+                    cross += 1
+                    continue
+                # Weaker here than there: it counts toward this location's level, but does not
+                # reset the clock of the decaying offset (a leak does not hold a tag in place).
+                holds = rssi >= sc
+            s = s_cur[i]
+            s = rssi if s != s else s + alpha[lid] * (rssi - s)
+            s_cur[i] = s
+            if holds and t > t_cur[i]:
+                t_cur[i] = t
+            if c != NONE and t_lead[i] != NEVER:
+                if s_cand[i] <= s + (0.0 if tentative[i] else threshold[lid]):
+                    t_lead[i] = NEVER  # read strongly where it is: the challenger lost its lead
+            if tentative[i]:
+                n = n_cur[i]
+                if n < 65535:
+                    n_cur[i] = n + 1
+                progress(i, t, read.reader, place[2], step)
+        if unknown:
+            suppressed["unknown_antenna"] += unknown
+        if weak:
+            suppressed["weak"] += weak
+        if late:
+            suppressed["late"] += late
+        if cross:
+            suppressed["cross_read"] += cross
+
+    def _challenge(
+        self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
+    ) -> None:
+        """A read somewhere other than the tag's current location estimate."""
+        cur = self._loc[i]
+        if cur == NONE:  # first sighting: a tentative estimate, confirmed by more evidence
+            self._tentative_at(i, lid, rssi, t, 1, t)
+            self._tentative_progress(i, t, read.reader, place, step)
             return
-        kind = "moved" if tag.present else "arrived"
-        self._emit(step, read.epc, tag, kind, place.location, read, place)
-        tag.present, tag.location, tag.candidate = True, place.location, None
+        s_here = self._s_cur[i]
+        if s_here != s_here:  # restored after a restart: assume it was here just as strongly
+            s_here = rssi
+            self._s_cur[i] = rssi
+            self._t_cur[i] = t
+        elif rssi < s_here - self._xr_margin and t - self._t_cur[i] <= self._xr_window_us:
+            self._suppress_stray(place, read.reader, cur)
+            return
+        c = self._cand[i]
+        if c != NONE and c != lid and t - self._t_cand[i] <= self._gap_us:
+            # Another location is gathering evidence: this read replaces it only when it beats
+            # it as a challenger beats a current location (else cross-reads between two
+            # neighbours would keep resetting a true move's evidence).
+            if rssi <= self._s_cand[i] + self.locs[c].threshold:
+                self._suppress_stray(place, read.reader, c)
+                return
+        new = self.locs[lid]
+        if c != lid or t - self._t_cand[i] > self._gap_us:
+            if c != NONE:
+                self._drop_evidence(i, "outvoted")
+            self._cand[i] = lid
+            self._s_cand[i] = rssi
+            self._n_cand[i] = 1
+            self._peak[i] = rssi
+            self._t_lead[i] = NEVER
+            s = rssi
+        else:
+            s = self._s_cand[i]
+            s += new.alpha * (rssi - s)
+            self._s_cand[i] = s
+            self._n_cand[i] = min(self._n_cand[i] + 1, 65535)
+            if rssi > self._peak[i]:
+                self._peak[i] = rssi
+        self._t_cand[i] = t
+        old = self.locs[cur]
+        is_tentative = self._tentative[i]
+        # A tentative estimate yields to a stronger location; a confirmed one holds by the offset
+        # of its profile, decaying with the time since it last read the tag.
+        # (Tentatively, the stronger location must also have been read at least as often: a
+        # tag is read far more often where it is than by a neighbour's leaking antenna.)
+        n = self._n_cand[i]
+        if is_tentative:
+            losing = s <= s_here or n < self._n_cur[i]
+        else:
+            losing = s <= s_here + old.offset(t - self._t_cur[i])
+        if losing:
+            self._t_lead[i] = NEVER
+            return
+        lead = self._t_lead[i]
+        if lead == NEVER:
+            self._t_lead[i] = lead = t
+        if n < self._min_reads:
+            return
+        if is_tentative:
+            self._drop_current_evidence(i)
+            self._cand[i] = NONE
+            self._t_lead[i] = NEVER
+            self._tentative_at(i, lid, s, t, n, lead)
+            self._tentative_progress(i, t, read.reader, place, step)
+            return
+        if t - lead < new.confirm_us:
+            return
+        # The challenger wins. The movement's time is this read's: when the evidence became
+        # conclusive (a crossing is complete when the far side alone has read the tag a while).
+        observed = Observed(n, float(self._peak[i]), lead, t)
+        self._loc[i] = lid
+        self._s_cur[i] = s
+        self._t_cur[i] = t
+        self._n_cur[i] = min(n, 65535)
+        self._t_since[i] = t
+        self._cand[i] = NONE
+        self._t_lead[i] = NEVER
+        self._emit(i, old, new, t, read.reader, _via(place), observed, step)
+
+    def _tentative_at(self, i: int, lid: int, s: float, t: int, n: int, since: int) -> None:
+        """Take `lid` as the tag's tentative estimate: where it seems to be, not yet announced."""
+        self._loc[i] = lid
+        self._tentative[i] = 1
+        self._s_cur[i] = s
+        self._t_cur[i] = t
+        self._n_cur[i] = n
+        self._t_since[i] = since
+        self._peak[i] = s
+
+    def _tentative_progress(self, i: int, t: int, source: str, place: Place, step: Step) -> None:
+        """A tentative estimate is confirmed by min_reads reads over its location's confirm_s
+        with no other location leading. Offsite ones too: where a tag was seen offsite is the
+        `from` of its arrival, so a stray read there must not count."""
+        n = self._n_cur[i]
+        lid = self._loc[i]
+        loc = self.locs[lid]
+        since = self._t_since[i]
+        if n < self._min_reads or t - since < loc.confirm_us:
+            return
+        if self._cand[i] != NONE and self._t_lead[i] != NEVER:
+            return  # another location is stronger right now: not conclusive yet
+        self._tentative[i] = 0
+        observed = Observed(n, float(self._s_cur[i]), since, t)
+        self._emit(i, None, loc, t, source, _via(place), observed, step)
+
+    def _drop_current_evidence(self, i: int) -> None:
+        n = self._n_cur[i]
+        if n:
+            self.suppressed["single" if n < self._min_reads else "outvoted"] += n
+
+    def _suppress_stray(self, place: Place, reader: str, cur: int) -> None:
+        if reader in self.locs[cur].readers:
+            self.suppressed["cross_read"] += 1
+        elif place.portal is not None:
+            self.suppressed["portal_stray"] += 1
+        else:
+            self.suppressed["stray"] += 1
+
+    def _drop_evidence(self, i: int, reason: str) -> None:
+        n = self._n_cand[i]
+        if n:
+            self.suppressed["single" if n < self._min_reads else reason] += n
+        self._cand[i] = NONE
+        self._n_cand[i] = 0
+        self._t_lead[i] = NEVER
 
     def _emit(
         self,
+        i: int,
+        old: Loc | None,
+        new: Loc | None,
+        time_us: int,
+        source: str,
+        via: str | None,
+        observed: Observed | None,
         step: Step,
-        epc: str,
-        tag: _Tag,
-        kind: str,
-        to: str,
-        read: TagRead,
-        place: Place,
     ) -> None:
-        from_ = tag.location if tag.present else tag.via_offsite
-        target = self.config.locations[to]
-        observed = Observed(
-            reads=max(tag.reads, 1),
-            rssi_peak=max(tag.rssi_peak, read.rssi),
-            first_seen_us=tag.first_seen_us or read.time_us,
-            last_seen_us=read.time_us,
-        )
-        movement = Movement(
-            type=kind,  # type: ignore[arg-type]
-            epc=epc,
-            from_=from_,
-            to=to,
-            time_us=read.time_us,
-            source=read.reader,
-            via=place.portal or place.read_point,
-            biz_step=target.biz_step,
-            disposition=target.disposition,
-            observed=observed,
-        )
+        kind = transition_kind(old, new)
+        if kind is None:
+            return
+        epc = self._epc[i]
+        assert epc is not None
+        step.movements.append(make_movement(kind, epc, old, new, time_us, source, via, observed))
         self.movement_counts[kind] += 1
-        step.movements.append(movement)
-        present = kind != "departed"
-        step.states.append(TagState(epc, present, to if present else None, tag.last_seen_us))
+        step.states.append(self._state(i))
+        self._schedule(i, self._seen[i])
+
+    # --- slots --------------------------------------------------------------------------------
+
+    def _slot(self, epc: str, t: int) -> int:
+        """A fresh slot for a tag seen for the first time (evicting the stalest when full)."""
+        if len(self._index) >= self._max_tags:
+            self._evict(max(1, self._max_tags // 100))
+        if self._free:
+            i = self._free.pop()
+            self._epc[i] = epc
+            self._loc[i] = NONE
+            self._tentative[i] = 0
+            self._n_cur[i] = 0
+            self._t_since[i] = NEVER
+            self._s_cur[i] = _NAN
+            self._t_cur[i] = NEVER
+            self._cand[i] = NONE
+            self._s_cand[i] = _NAN
+            self._t_cand[i] = NEVER
+            self._n_cand[i] = 0
+            self._t_lead[i] = NEVER
+            self._peak[i] = _NAN
+            self._seen[i] = t
+            self._due[i] = 0
+        else:
+            i = len(self._epc)
+            self._epc.append(epc)
+            self._loc.append(NONE)
+            self._tentative.append(0)
+            self._n_cur.append(0)
+            self._t_since.append(NEVER)
+            self._s_cur.append(_NAN)
+            self._t_cur.append(NEVER)
+            self._cand.append(NONE)
+            self._s_cand.append(_NAN)
+            self._t_cand.append(NEVER)
+            self._n_cand.append(0)
+            self._t_lead.append(NEVER)
+            self._peak.append(_NAN)
+            self._seen.append(t)
+            self._due.append(0)
+        self._index[epc] = i
+        self._schedule(i, t)
+        return i
+
+    def _release(self, i: int) -> None:
+        epc = self._epc[i]
+        if epc is not None:
+            del self._index[epc]
+        self._epc[i] = None
+        self._due[i] = 0
+        self._loc[i] = NONE
+        self._cand[i] = NONE
+        self._free.append(i)
+
+    def _evict(self, n: int) -> None:
+        """Drop the `n` least recently seen tags (counted): the cap keeps memory bounded."""
+        seen = self._seen
+        for i in heapq.nsmallest(n, self._index.values(), key=seen.__getitem__):
+            self.evicted["present" if self._present(i) else "absent"] += 1
+            self._release(i)
+
+    # --- absence ------------------------------------------------------------------------------
+
+    def _schedule(self, i: int, deadline_us: int) -> None:
+        """Make sure the tag is looked at no later than `deadline_us` (plus its limit)."""
+        cur = self._loc[i]
+        if cur != NONE and self._present(i):
+            after = self.locs[cur].departed_after_us or _RECHECK_US
+        elif cur != NONE:
+            after = self.locs[cur].forget_after_us
+        else:
+            after = self._default_forget_us
+        key = (deadline_us + after) // self._tick_us + 1
+        due = self._due[i]
+        if due and due <= key:
+            return  # an earlier check is already booked; it will re-book
+        self._due[i] = key
+        bucket = self._wheel.get(key)
+        if bucket is None:
+            self._wheel[key] = bucket = []
+            heapq.heappush(self._wheel_keys, key)
+        bucket.append(i)
 
     def tick(self, now_us: int) -> Step:
-        """Departures by absence and forgetting, judged against `now_us` (the gateway clock)."""
+        """Departures by absence and forgetting, judged at `now_us` (the gateway clock) minus the
+        reorder window; buffered reads are judged once no newer read came for a window."""
         step = Step()
-        locations = self.config.locations
-        forget: list[str] = []
-        for epc, tag in self.tags.items():
-            if tag.present and tag.location is not None:
-                info = locations.get(tag.location)
-                after = info.profile.departed_after_s if info else None
-                if after is not None and now_us - tag.last_seen_us > after * 1e6:
-                    self._depart_by_absence(step, epc, tag, now_us)
-            elif not tag.present:
-                if now_us - tag.last_seen_us > self._forget_after_us(tag):
-                    forget.append(epc)
-        for epc in forget:
-            del self.tags[epc]
+        horizon = now_us - self._window_us
+        if self._pending_max != self._max_at_tick:
+            self._max_at_tick = self._pending_max
+            self._quiet_since = now_us
+        elif self._pending and now_us - self._quiet_since >= self._window_us:
+            # No newer read for a whole window of gateway time: nothing can reorder these.
+            # (Judging by reader time alone keeps a reader whose clock lags ours working.)
+            self._flush(self._pending_max, step)
+        now_key = horizon // self._tick_us
+        keys = self._wheel_keys
+        while keys and keys[0] <= now_key:
+            key = heapq.heappop(keys)
+            for i in self._wheel.pop(key):
+                if self._due[i] == key:
+                    self._due[i] = 0
+                    self._check_absence(i, horizon, step)
         return step
 
-    def _forget_after_us(self, tag: _Tag) -> float:
-        info = self.config.locations.get(tag.location or "")
-        return (info.profile.forget_after_s if info else 3600.0) * 1e6
+    def _check_absence(self, i: int, horizon: int, step: Step) -> None:
+        seen = self._seen[i]
+        cur = self._loc[i]
+        if cur != NONE and self._present(i):
+            loc = self.locs[cur]
+            after = loc.departed_after_us
+            if after and horizon - seen >= after:
+                self._loc[i] = NONE
+                self._drop_evidence(i, "outvoted")
+                self._emit(i, loc, None, seen, "engine", None, None, step)
+                return
+            self._schedule(i, seen if after else horizon)
+            return
+        forget = self.locs[cur].forget_after_us if cur != NONE else self._default_forget_us
+        if horizon - seen >= forget:
+            if self._cand[i] != NONE:
+                self._drop_evidence(i, "outvoted")
+            if self._tentative[i]:
+                self._drop_current_evidence(i)  # never confirmed: counted as single/outvoted
+            self._release(i)
+        else:
+            self._schedule(i, seen)
 
-    def _depart_by_absence(self, step: Step, epc: str, tag: _Tag, now_us: int) -> None:
-        source_loc = self.config.locations[tag.location or ""]
-        movement = Movement(
-            type="departed",
-            epc=epc,
-            from_=tag.location,
-            to=None,
-            time_us=now_us,
-            source="engine",
-            via=None,
-            biz_step=source_loc.biz_step,
-            disposition=source_loc.disposition,
-            observed=None,
-        )
-        self.movement_counts["departed"] += 1
-        step.movements.append(movement)
-        tag.present, tag.location = False, None
-        step.states.append(TagState(epc, False, None, tag.last_seen_us))
+    # --- devices ------------------------------------------------------------------------------
 
     def apply(self, movement: Movement) -> Step:
         """A movement reported by a device (robot, handheld booking) updates the tag's state."""
         step = Step()
         if movement.epc is None:
             return step
-        present = movement.type != "departed" and movement.to is not None
-        location = movement.to if present else None
-        tag = self.tags.get(movement.epc)
-        if tag is None:
-            tag = self.tags[movement.epc] = _Tag(present, location, movement.time_us)
-        tag.present, tag.location, tag.candidate = present, location, None
-        tag.last_seen_us = max(tag.last_seen_us, movement.time_us)
-        step.states.append(TagState(movement.epc, present, location, tag.last_seen_us))
+        t = movement.time_us
+        i = self._index.get(movement.epc)
+        if i is None:
+            i = self._slot(movement.epc, t)
+        elif t > self._seen[i]:
+            self._seen[i] = t
+        if self._cand[i] != NONE:
+            self._drop_evidence(i, "outvoted")
+        self._tentative[i] = 0
+        if movement.type == "departed" or movement.to is None:
+            self._loc[i] = NONE if movement.to is None else self._loc_named(movement.to)
+        else:
+            self._loc[i] = self._loc_named(movement.to)
+            self._s_cur[i] = _NAN
+            self._t_cur[i] = t
+        step.states.append(self._state(i))
+        self._schedule(i, self._seen[i])
         return step
 
-    @property
-    def tracked(self) -> int:
-        return len(self.tags)
+
+def _via(place: Place) -> str:
+    return place.portal or place.read_point

@@ -1,0 +1,610 @@
+"""A supervised sllurp (3.0.5) driver for fixed UHF readers speaking LLRP on TCP 5084.
+
+sllurp does the protocol (its state machine and its decoder); this module supervises it, because
+sllurp alone does not survive a real site (see DESIGN.md §5):
+
+* **A fresh `LLRPReaderClient` for every connection.** sllurp's own reconnect waits a hard-coded
+  60 s and keeps a half frame from the dropped connection in its buffer, which wedges it for good.
+  Reconnects are ours: `drivers.base.Backoff`, reset once a session reached INVENTORYING.
+* **Framing before sllurp.** `_Client.raw_data_received` cuts the byte stream into whole LLRP
+  frames and hands sllurp one complete frame at a time. sllurp still decodes every frame, but a
+  frame it cannot decode costs that frame only (sllurp drops the rest of a recv chunk), a broken
+  header is recognised as a desynchronised stream (reconnect), and sllurp never sees a split
+  header (the source of its "Too few bytes" warnings).
+* **Liveness.** A supervisor task on the asyncio loop watches each session: the peer closed
+  (`connection_lost`), the sllurp thread died without telling anyone (`thread_died`, e.g. a
+  capabilities response without `UHFC1G2RFModeTable`), nothing decoded — no report and no
+  KEEPALIVE — for 2 x keepalive_s (`liveness`), the handshake did not reach INVENTORYING within
+  handshake_timeout_s (`handshake_timeout`), the frame stream lost sync (`malformed`), or the
+  TCP connect failed (`connect_failed`). Each cause is counted with `count_reconnect`.
+* **Closing** is `disconnect()` then `hard_disconnect()` on a daemon thread with a deadline
+  (disconnect() alone is racy and can hang; a daemon thread never blocks interpreter exit).
+
+Threads: sllurp runs one thread per connection and calls our callbacks on it. The callbacks only
+convert tag dicts into TagReads and hand each recv chunk's reads to the sink in one batch (the
+sink is thread-safe and non-blocking); they never block, never touch SQLite.
+
+Report cadence: LLRP 1.0.1 ROReportSpec N is the number of TagReportData per report. sllurp
+always sends N=0 ("only at the end of the AISpec"), and its `report_every_n_tags` adds an AISpec
+*stop* trigger instead; with a never-ending AISpec a reader following the standard would then
+never report. `report_n_tags` sets the real N (default 1: lowest latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from socket import SHUT_RDWR
+from typing import Any, ClassVar, Literal
+
+from sllurp.llrp import (
+    LLRPClient,
+    LLRPReaderClient,
+    LLRPReaderConfig,
+    LLRPReaderState,
+)
+
+from drivers.base import Backoff, Driver
+from gateway.confschema import duration
+from gateway.model import TagRead, now_us
+
+log = logging.getLogger(__name__)
+
+STATE_INVENTORYING = LLRPReaderState.STATE_INVENTORYING
+
+# LLRP frame header: ver/type u16, total length u32, message id u32.
+_HEADER = struct.Struct("!HII")
+_HEADER_LEN = _HEADER.size
+# No reader sends anything near this; a larger length means we lost the frame boundaries.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+EPC_CACHE_SIZE = 100_000  # raw EPC bytes -> upper-case str; cleared when full
+
+ReconnectCause = Literal[
+    "connect_failed",
+    "connection_lost",
+    "thread_died",
+    "liveness",
+    "handshake_timeout",
+    "malformed",
+    "internal_error",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LLRPOptions:
+    """The [[readers]] keys of an LLRP reader (name, driver and antennas are common keys)."""
+
+    host: str
+    port: int = 5084
+    tx_power_dbm: float | None = None  # None: the reader's maximum
+    mode: int | None = None  # an RF ModeIdentifier from the reader's UHFC1G2RFModeTable
+    session: int = 2
+    tag_population: int = 4
+    report_n_tags: int = 1  # TagReportData per RO_ACCESS_REPORT (LLRP ROReportSpec N)
+    keepalive_s: float = duration(5.0)
+    handshake_timeout_s: float = duration(10.0)
+    max_clock_skew_s: float = duration(5.0)
+    backoff_cap_s: float = duration(30.0)
+    close_timeout_s: float = duration(2.0)
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host: must not be empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port: out of range: {self.port}")
+        if self.session not in (0, 1, 2, 3):
+            raise ValueError(f"session: must be 0, 1, 2 or 3, got {self.session}")
+        if not 1 <= self.tag_population <= 65535:
+            raise ValueError(f"tag_population: must be 1..65535, got {self.tag_population}")
+        if not 0 <= self.report_n_tags <= 65535:
+            raise ValueError(f"report_n_tags: must be 0..65535, got {self.report_n_tags}")
+        if self.keepalive_s < 0.1:
+            raise ValueError(f"keepalive_s: must be at least 0.1, got {self.keepalive_s}")
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+
+class _TooFewBytesFilter(logging.Filter):
+    """Drops sllurp's "Too few bytes ... to unpack message header" warning (a recv boundary that
+    splits a header: harmless, ~440 per 200k one-tag reports) and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Too few bytes"))
+
+
+_FILTER = _TooFewBytesFilter()
+
+
+def install_log_filter() -> None:
+    """Idempotent: a logger keeps one copy of a given filter object."""
+    logging.getLogger("sllurp.llrp").addFilter(_FILTER)
+
+
+# --- tag conversion --------------------------------------------------------------------------
+
+
+def reader_time_us(tag: Mapping[str, Any]) -> int | None:
+    """The reader's UTC timestamp of the sighting: LastSeen, else FirstSeen (µs)."""
+    value = tag.get("LastSeenTimestampUTC")
+    if value is None:
+        value = tag.get("FirstSeenTimestampUTC")
+    return int(value) if value is not None else None
+
+
+def epc_of(tag: Mapping[str, Any]) -> str | None:
+    """sllurp gives the EPC as lower-case hex bytes under 'EPC-96' (96-bit) or 'EPC' (EPCData)."""
+    raw = tag.get("EPC-96")
+    if raw is None:
+        raw = tag.get("EPC")
+    if raw is None:
+        return None
+    text = raw.decode("ascii") if isinstance(raw, bytes | bytearray) else str(raw)
+    return text.upper() if text else None
+
+
+# --- the sllurp client, one per connection ---------------------------------------------------
+
+
+class _ProtocolClient(LLRPClient):
+    """sllurp's state machine with the one ROSpec fix: ROReportSpec N = report_n_tags."""
+
+    report_n_tags: int = 1
+
+    def getROSpec(self, force_new: bool = False) -> Any:  # noqa: N802 (sllurp's name)
+        rospec = super().getROSpec(force_new=force_new)
+        rospec["ROReportSpec"]["N"] = self.report_n_tags
+        return rospec
+
+
+class _Client(LLRPReaderClient):
+    """An `LLRPReaderClient` that frames the stream itself and reports what it saw.
+
+    Everything here runs on sllurp's thread. `on_chunk_done` runs after each recv chunk (the
+    session hands that chunk's reads to the sink in one batch); `on_frame_error(message, fatal)`
+    reports a frame sllurp could not decode (not fatal) or a broken header (fatal: no resync).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        config: LLRPReaderConfig,
+        *,
+        report_n_tags: int,
+        on_frame_error: Callable[[str, bool], None],
+        on_chunk_done: Callable[[], None],
+        socket_timeout_s: float,
+    ) -> None:
+        super().__init__(host, port, config, timeout=socket_timeout_s)
+        # Re-class sllurp's own state machine instead of building a second one (which would log
+        # its start-up lines twice); _ProtocolClient only overrides getROSpec.
+        self.llrp.__class__ = _ProtocolClient
+        self.llrp.report_n_tags = report_n_tags
+        self._buffer = bytearray()
+        self._desynced = False
+        self._decoded = 0
+        self._on_frame_error = on_frame_error
+        self._on_chunk_done = on_chunk_done
+
+    def raw_data_received(self, data: bytes) -> None:
+        if self._desynced:
+            return  # the stream is garbage from here on; the supervisor reconnects
+        buf = self._buffer
+        buf += data
+        start = 0
+        try:
+            while len(buf) - start >= _HEADER_LEN:
+                ver_type, length, _msg_id = _HEADER.unpack_from(buf, start)
+                if length < _HEADER_LEN or length > MAX_FRAME_BYTES or (ver_type >> 10) & 7 != 1:
+                    self._desynced = True
+                    self._on_frame_error(
+                        f"bad LLRP header (version/type 0x{ver_type:04x}, length {length})", True
+                    )
+                    del buf[:]
+                    return
+                if len(buf) - start < length:
+                    break
+                frame = bytes(buf[start : start + length])
+                start += length
+                before = self._decoded
+                # sllurp decodes, runs its state machine and our callbacks.
+                super().raw_data_received(frame)
+                if self._decoded == before:
+                    self._on_frame_error(f"undecodable frame of type {ver_type & 0x3FF}", False)
+        finally:
+            if start:
+                del buf[:start]
+            self._on_chunk_done()
+
+    def _on_llrp_message_received(self, lmsg: Any) -> None:
+        self._decoded += 1
+        super()._on_llrp_message_received(lmsg)
+
+    def stop_reading(self, timeout_s: float) -> None:
+        """End sllurp's thread before its socket is closed: closing the fd under its select()
+        makes it log "Exception encountered in main loop" (EBADF). A shutdown wakes select,
+        recv returns nothing, and the loop sees the stop flag and exits on its own."""
+        self._stop_main_loop.set()
+        sock = self._socket
+        if sock is not None:
+            try:
+                sock.shutdown(SHUT_RDWR)
+            except OSError:
+                pass  # already closed by sllurp itself
+        self.join(timeout_s)
+
+
+# --- one connection --------------------------------------------------------------------------
+
+
+class _Session:
+    """One connection: its client, what its callbacks observed, and its teardown."""
+
+    def __init__(self, driver: LLRPDriver) -> None:
+        self.driver = driver
+        opts: LLRPOptions = driver.options
+        self.antennas = sorted(driver.device.antennas)
+        self.client = _Client(
+            opts.host,
+            opts.port,
+            LLRPReaderConfig(reader_config(opts, self.antennas)),
+            report_n_tags=opts.report_n_tags,
+            on_frame_error=self._on_frame_error,
+            on_chunk_done=self._flush,
+            socket_timeout_s=min(5.0, opts.handshake_timeout_s),
+        )
+        self.client.add_tag_report_callback(self._on_tags)
+        self.client.add_message_callback("KEEPALIVE", self._on_keepalive)
+        self.client.add_disconnected_callback(self._on_disconnected)
+        for _name, state in LLRPReaderState.getStates():
+            self.client.add_state_callback(state, self._on_state)
+        now = time.monotonic()
+        self.last_alive = now  # last report or KEEPALIVE
+        self.not_inventorying_since: float | None = now
+        self.inventorying = False
+        self.disconnected = False
+        self.desynced = False
+        self.pending: list[TagRead] = []
+        self._lock = threading.Lock()
+        self._closing = False
+
+    # ---- sllurp thread ----
+    def _on_tags(self, _reader: Any, tags: Iterable[Mapping[str, Any]]) -> None:
+        self.last_alive = time.monotonic()
+        reads = self.driver.convert(tags, now_us())
+        with self._lock:
+            self.pending.extend(reads)
+
+    def _on_keepalive(self, _reader: Any, _msg: Any) -> None:
+        self.last_alive = time.monotonic()
+
+    def _on_state(self, _reader: Any, state: int) -> None:
+        if state == STATE_INVENTORYING:
+            self.last_alive = time.monotonic()  # liveness is measured from here
+            self.inventorying = True
+            self.not_inventorying_since = None
+        elif self.not_inventorying_since is None:
+            self.inventorying = False
+            self.not_inventorying_since = time.monotonic()
+
+    def _on_disconnected(self, _reader: Any) -> None:
+        self.disconnected = True
+
+    def _on_frame_error(self, message: str, fatal: bool) -> None:
+        self.driver.count_error("malformed")
+        self.driver.log_once("malformed", f"malformed data from the reader: {message}")
+        if fatal:
+            self.desynced = True
+
+    def _flush(self) -> None:
+        """Hand the reads of one recv chunk to the sink (called on sllurp's thread)."""
+        with self._lock:
+            if not self.pending:
+                return
+            batch, self.pending = self.pending, []
+        self.driver.sink.reads(batch)
+        self.driver.mark_data()
+
+    # ---- supervisor (any thread) ----
+    def connect(self) -> None:
+        """Blocking: TCP connect and start sllurp's thread. If close() ran meanwhile, undo."""
+        now = time.monotonic()
+        self.last_alive = now
+        self.not_inventorying_since = now  # the handshake deadline counts from the connect
+        self.client.connect()
+        with self._lock:
+            closing = self._closing
+        if closing:
+            self.client.hard_disconnect()
+
+    def close(self, polite_timeout_s: float) -> None:
+        """Blocking and bounded: a polite stop (deletes the ROSpec), then the hard close."""
+        with self._lock:
+            self._closing = True
+        try:
+            # A dead thread (peer gone, or sllurp crashed) gets no polite stop: nobody would
+            # answer it, and sllurp would only warn "Disconnect is not needed".
+            if self.client.is_alive():
+                self.client.disconnect(timeout=polite_timeout_s)
+        except Exception as exc:  # the socket may be gone already; the hard close follows
+            log.debug("%s: polite disconnect failed: %s", self.driver.name, exc)
+        try:
+            self.client.stop_reading(polite_timeout_s)
+            self.client.hard_disconnect()
+        except Exception as exc:
+            log.debug("%s: hard disconnect failed: %s", self.driver.name, exc)
+
+    def failure(self, now: float, opts: LLRPOptions) -> ReconnectCause | None:
+        """Why this session must end, or None while it is healthy."""
+        if self.disconnected:
+            return "connection_lost"
+        if self.desynced:
+            return "malformed"
+        if not self.client.is_alive():
+            return "thread_died"
+        since = self.not_inventorying_since
+        if since is not None and now - since > opts.handshake_timeout_s:
+            return "handshake_timeout"
+        # Before INVENTORYING the handshake deadline applies; after it, the liveness deadline.
+        if self.inventorying and now - self.last_alive > 2 * opts.keepalive_s:
+            return "liveness"
+        return None
+
+
+def reader_config(opts: LLRPOptions, antennas: list[int]) -> dict[str, Any]:
+    """sllurp's LLRPReaderConfig for one connection (it mutates it: build one per client)."""
+    config: dict[str, Any] = {
+        "antennas": list(antennas),
+        "tx_power": 0,  # index 0: the reader's maximum, unless tx_power_dbm says otherwise
+        "mode_identifier": opts.mode,
+        "session": opts.session,
+        "tag_population": opts.tag_population,
+        "keepalive_interval": max(1, round(opts.keepalive_s * 1000)),
+        "start_inventory": True,
+        "reset_on_connect": True,  # deletes the ROSpec a previous session left on the reader
+        "reconnect": False,  # reconnects are ours (fresh client each time)
+        "tag_content_selector": {
+            "EnableROSpecID": False,
+            "EnableSpecIndex": False,
+            "EnableInventoryParameterSpecID": False,
+            "EnableAntennaID": True,
+            "EnableChannelIndex": False,
+            "EnablePeakRSSI": True,
+            "EnableFirstSeenTimestamp": True,
+            "EnableLastSeenTimestamp": True,
+            "EnableTagSeenCount": True,
+            "EnableAccessSpecID": False,
+        },
+    }
+    if opts.tx_power_dbm is not None:
+        config["tx_power_dbm"] = float(opts.tx_power_dbm)
+    return config
+
+
+# --- daemon-thread helper --------------------------------------------------------------------
+
+
+async def run_in_daemon_thread(fn: Callable[[], Any], name: str) -> Any:
+    """Run a blocking call on its own daemon thread (never blocks interpreter exit, unlike
+    asyncio.to_thread's executor). Cancelling the await leaves the thread to finish alone."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            outcome = (False, exc)
+        else:
+            outcome = (True, result)
+        try:
+            loop.call_soon_threadsafe(deliver, *outcome)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await future
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+class LLRPDriver(Driver):
+    """One LLRP reader, supervised. `run()` is the supervisor; sllurp's thread does the I/O."""
+
+    Options: ClassVar[type] = LLRPOptions
+    kind: ClassVar[Literal["reader", "equipment"]] = "reader"
+
+    def __init__(self, device: Any, sink: Any) -> None:
+        super().__init__(device, sink)
+        self.options: LLRPOptions = device.options
+        self.antenna_numbers = frozenset(device.antennas)
+        self._only_antenna = next(iter(device.antennas)) if len(device.antennas) == 1 else None
+        self._max_skew_us = int(self.options.max_clock_skew_s * 1_000_000)
+        self._skewed = False
+        self._epc_cache: dict[Any, str] = {}
+        self._logged: set[str] = set()
+        self._log_lock = threading.Lock()
+        self.session: _Session | None = None
+        self.backoff = Backoff(cap_s=self.options.backoff_cap_s)
+        self._failing: str | None = None  # the failure cause last logged
+        self._was_up = False
+
+    # ---- logging once ----
+    def log_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
+        """Log `message` the first time `key` is raised since it was last cleared."""
+        with self._log_lock:
+            if key in self._logged:
+                return
+            self._logged.add(key)
+        log.log(level, "%s: %s", self.name, message)
+
+    def clear_logged(self, key: str) -> bool:
+        with self._log_lock:
+            if key in self._logged:
+                self._logged.discard(key)
+                return True
+            return False
+
+    # ---- conversion (sllurp thread) ----
+    def convert(self, tags: Iterable[Mapping[str, Any]], arrival_us: int) -> list[TagRead]:
+        """sllurp tag dicts -> TagReads. Bad entries are counted and skipped, never raised.
+
+        The hot path of the driver (it runs on sllurp's thread for every tag): names are bound
+        locally and EPC strings are cached by their raw bytes (a site sees the same tags over
+        and over)."""
+        out: list[TagRead] = []
+        append = out.append
+        skewed = 0
+        rejected = 0
+        max_skew = self._max_skew_us
+        known_antennas = self.antenna_numbers
+        only_antenna = self._only_antenna
+        reader = self.name
+        epc_cache = self._epc_cache
+        for tag in tags:
+            get = tag.get
+            raw = get("EPC-96") or get("EPC")
+            epc = epc_cache.get(raw) if raw is not None else None
+            if epc is None and raw is not None:
+                epc = epc_of(tag)
+                if epc is not None:
+                    if len(epc_cache) >= EPC_CACHE_SIZE:
+                        epc_cache.clear()
+                    epc_cache[raw] = epc
+            antenna = get("AntennaID", only_antenna)
+            rssi = get("PeakRSSI")
+            if epc is None or rssi is None or antenna not in known_antennas:
+                rejected += 1
+                continue
+            stamp = get("LastSeenTimestampUTC") or get("FirstSeenTimestampUTC")
+            if stamp is None:
+                stamp = arrival_us  # timestamps are enabled, but a reader may omit them
+            elif stamp - arrival_us > max_skew or arrival_us - stamp > max_skew:
+                skewed += 1
+                stamp = arrival_us
+            append(TagRead(epc, reader, antenna, float(rssi), stamp, get("TagSeenCount") or 1))
+        if rejected:
+            self.count_error("bad_tag", rejected)
+            self.log_once(
+                "bad_tag",
+                "dropping tag reports without EPC, AntennaID or PeakRSSI, or from an antenna "
+                f"not in the config ({sorted(self.antenna_numbers)}); counted as errors.bad_tag",
+            )
+        self._note_skew(skewed, len(out))
+        return out
+
+    def _note_skew(self, skewed: int, total: int) -> None:
+        if skewed:
+            self.count_error("clock_skew", skewed)
+            if not self._skewed:
+                self._skewed = True
+                log.warning(
+                    "%s: reader clock is more than %.1f s off the gateway clock: "
+                    "using arrival time; counted as errors.clock_skew",
+                    self.name,
+                    self.options.max_clock_skew_s,
+                )
+        elif total and self._skewed:
+            self._skewed = False
+            log.info("%s: reader clock recovered, using reader timestamps again", self.name)
+
+    # ---- supervisor (asyncio) ----
+    async def run(self) -> None:
+        install_log_filter()
+        backoff = self.backoff
+        # The initial "connecting" is no transition, so set_state() would not publish it.
+        self.sink.device_state(self.name, self.health())
+        try:
+            while True:
+                try:
+                    cause, reached_up = await self._serve_once()
+                except Exception:  # a bug of ours must not stop the reader for good
+                    log.exception("%s: unexpected error in the LLRP session", self.name)
+                    self.count_error("internal")
+                    cause, reached_up = "internal_error", False
+                if reached_up:
+                    backoff.reset()  # a good session: the next attempt starts fast again
+                self.count_reconnect(cause)
+                if cause != self._failing:  # a repeated failure is logged once
+                    log.warning("%s: %s; reconnecting with backoff", self.name, _explain(cause))
+                    self._failing = cause
+                self.set_state("backoff", cause)
+                await backoff.sleep()
+        finally:
+            self.set_state("stopped")
+
+    async def _serve_once(self) -> tuple[ReconnectCause, bool]:
+        """One connection from connect to teardown: returns why it ended and whether it got up."""
+        opts = self.options
+        self.set_state("connecting")
+        session = _Session(self)
+        self.session = session
+        reached_up = False
+        try:
+            try:
+                await run_in_daemon_thread(session.connect, f"llrp-connect-{self.name}")
+            except OSError as exc:
+                self.log_once("connect", f"cannot connect to {opts.host}:{opts.port}: {exc}")
+                return "connect_failed", False
+            self.clear_logged("connect")
+            tick = min(0.1, opts.keepalive_s / 5)
+            while True:
+                await asyncio.sleep(tick)
+                if session.inventorying and not reached_up:
+                    reached_up = True
+                    self.set_state("up")
+                    self._announce_up(session)
+                cause = session.failure(time.monotonic(), opts)
+                if cause is not None:
+                    return cause, reached_up
+        finally:
+            await self._close(session)
+
+    def _announce_up(self, session: _Session) -> None:
+        if self._failing is not None:
+            log.info("%s: recovered (after: %s), inventorying", self.name, _explain(self._failing))
+            self._failing = None
+        elif not self._was_up:
+            log.info("%s: inventorying on antennas %s", self.name, session.antennas)
+        self._was_up = True
+        self.clear_logged("malformed")
+
+    async def _close(self, session: _Session) -> None:
+        opts = self.options
+        polite = opts.close_timeout_s / 2
+        try:
+            await asyncio.wait_for(
+                run_in_daemon_thread(lambda: session.close(polite), f"llrp-close-{self.name}"),
+                timeout=opts.close_timeout_s + 1.0,
+            )
+        except TimeoutError:
+            self.count_error("close_timeout")
+            log.warning("%s: closing the connection timed out; abandoning it", self.name)
+        session._flush()  # reads decoded before the close still count
+
+
+def _explain(cause: str) -> str:
+    return {
+        "connect_failed": "cannot connect",
+        "connection_lost": "connection lost",
+        "thread_died": "sllurp's reader thread died",
+        "liveness": "no report and no KEEPALIVE for 2 x keepalive_s",
+        "handshake_timeout": "the reader did not start inventorying within handshake_timeout_s",
+        "malformed": "the reader sent a malformed frame",
+        "internal_error": "an unexpected error in the driver",
+    }.get(cause, cause)

@@ -1,0 +1,589 @@
+"""Modbus TCP/RTU equipment driver: PLC and robot-cell status, alarms, counters, robot moves.
+
+One driver instance polls one device (its own asyncio task, so a slow or dead device never
+delays another) through pymodbus 3.16's async client, following a register map
+(drivers/modbus_map.py, config/equipment/*.toml). It reports to the sink:
+
+- equipment events (`DeviceEvent(kind="equipment")`), on change only, plus a full status every
+  `status_every_s`; the `data` shapes are documented in docs/equipment.md;
+- robot moves (`sink.movement`) from the map's move handshake, acknowledged to the robot only
+  once the sink says the movement and its cursor are durable;
+- device state (`set_state`): connecting -> up, up <-> unreachable, up <-> stale, each
+  transition once, with one log line (no flood while a device stays down).
+
+Exception responses, timeouts and garbage are counted per device (`count_error`) and never
+end the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from drivers.base import Backoff, DeviceEvent, Driver, Sink
+from drivers.modbus_map import (
+    BIT_KINDS,
+    DecodeError,
+    Point,
+    ReadBlock,
+    RegisterMap,
+    decode,
+    encode_register_value,
+    load_map,
+    plan_reads,
+    raw_value,
+)
+from gateway.confschema import duration
+from gateway.model import Movement
+
+log = logging.getLogger(__name__)
+
+# pymodbus logs every timeout and lost connection at ERROR; with a dead PLC polled every second
+# that is a log flood. This driver logs each transition once itself, so pymodbus is quietened
+# unless the operator configured its logger explicitly.
+_pymodbus_log = logging.getLogger("pymodbus")
+if _pymodbus_log.level == logging.NOTSET:
+    _pymodbus_log.setLevel(logging.CRITICAL)
+
+_EPC_HEX = re.compile(r"[0-9A-Fa-f]{4,}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusOptions:
+    """Keys of an `[[equipment]]` entry with `driver = "modbus"`."""
+
+    map: str  # register map TOML; relative to the config file's folder
+    host: str | None = None  # Modbus TCP
+    port: int = 502
+    serial: str | None = None  # Modbus RTU: a device path or pyserial URL (rfc2217://, ...)
+    baudrate: int = 19200
+    parity: Literal["N", "E", "O"] = "N"
+    device_id: int = 1  # unit id / slave address
+    interval_s: float = duration(1.0)
+    stale_after_s: float = duration(10.0)  # heartbeat unchanged this long -> stale
+    status_every_s: float = duration(60.0)
+    timeout_s: float = duration(1.0)  # per request
+    max_gap: int = 0  # unmapped registers a coalesced read may span (0: only adjacent ones)
+    # Robot station number (or name) -> location, for the move handshake.
+    stations: dict[str, str] = field(default_factory=dict, metadata={"location_ref": True})
+
+    def __post_init__(self) -> None:
+        if (self.host is None) == (self.serial is None):
+            raise ValueError("give either host (Modbus TCP) or serial (Modbus RTU), not both")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port: out of range: {self.port}")
+        if not 0 <= self.device_id <= 247:
+            raise ValueError(f"device_id: must be 0..247, got {self.device_id}")
+        if self.baudrate <= 0:
+            raise ValueError(f"baudrate: must be positive, got {self.baudrate}")
+        if not 0 <= self.max_gap <= 100:
+            raise ValueError(f"max_gap: must be 0..100, got {self.max_gap}")
+
+
+class DeviceDown(Exception):
+    """The device stopped answering (timeout, refused, disconnected): end the session."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ModbusDriver(Driver):
+    kind = "equipment"
+    Options = ModbusOptions
+
+    def __init__(self, device: Any, sink: Sink) -> None:
+        super().__init__(device, sink)
+        self.options: ModbusOptions = device.options
+        # A bad map is a configuration error: raised here (MapError) so start-up fails loudly.
+        self.map: RegisterMap = load_map(device.resolve(self.options.map))
+        self.blocks = plan_reads(list(self.map.points.values()), self.options.max_gap)
+        hs_points = [self.map.points[n] for n in sorted(self.map.handshake_points)]
+        self.record_blocks = plan_reads(hs_points, self.options.max_gap)
+        self.cursor_key = f"modbus:{self.name}:ack_seq"
+        self.polls = 0  # completed polls (good or partly good), for health and tests
+        self.requests = 0  # read requests sent
+        self._raw: dict[str, Sequence[Any]] = {}  # last raw words per point
+        self._values: dict[str, Any] = {}  # last decoded value per status point
+        self._alarms: dict[str, frozenset[str]] = {}
+        self._counters: dict[str, int] = {}
+        self._down: str | None = None  # "unreachable" | "stale" while reported so
+        self._down_since = 0.0
+        self._heartbeat: Any = None
+        self._heartbeat_changed = 0.0
+        self._last_status: float | None = None  # monotonic time of the last full status
+        self._first_poll = True
+        self._exception_streak = False
+        self._durable_seq: int | None = None
+        self._move_task: asyncio.Task[None] | None = None
+        self._bad_move_logged: int | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._durable_seq = self.sink.cursor(self.cursor_key)
+        backoff = Backoff(initial_s=min(1.0, self.options.interval_s), cap_s=30.0)
+        self.set_state("connecting")
+        try:
+            while True:
+                client = self._make_client()
+                try:
+                    await self._connect(client)
+                    await self._session(client, backoff)
+                except DeviceDown as exc:
+                    self.count_error(exc.reason)
+                    self._report_unreachable(exc)
+                finally:
+                    client.close()
+                self.count_reconnect(self._down or "error")
+                await backoff.sleep()
+        finally:
+            if self._move_task is not None:
+                self._move_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._move_task
+
+    def _make_client(self) -> Any:
+        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
+        o = self.options
+        # retries=0 and reconnect_delay=0: this driver owns retries and reconnects (Backoff),
+        # so a dead device costs one timeout per attempt, never retries+1.
+        if o.serial is not None:
+            return AsyncModbusSerialClient(
+                o.serial,
+                baudrate=o.baudrate,
+                parity=o.parity,
+                timeout=o.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                name=self.name,
+            )
+        assert o.host is not None
+        return AsyncModbusTcpClient(
+            o.host, port=o.port, timeout=o.timeout_s, retries=0, reconnect_delay=0, name=self.name
+        )
+
+    async def _connect(self, client: Any) -> None:
+        try:
+            ok = await asyncio.wait_for(client.connect(), self.options.timeout_s * 2 + 1)
+        except (TimeoutError, OSError) as exc:
+            raise DeviceDown("refused", f"cannot connect: {exc}") from None
+        if not ok:
+            where = self.options.serial or f"{self.options.host}:{self.options.port}"
+            raise DeviceDown("refused", f"cannot connect to {where}")
+
+    async def _session(self, client: Any, backoff: Backoff) -> None:
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time()
+        while True:
+            await self._poll_once(client)
+            backoff.reset()
+            next_poll += self.options.interval_s
+            now = loop.time()
+            if next_poll < now:  # a slow round: skip the missed ticks rather than burst
+                next_poll = now
+            await asyncio.sleep(next_poll - now)
+
+    # --- one poll ---------------------------------------------------------------------------
+
+    async def _poll_once(self, client: Any) -> None:
+        snapshot = await self._read_blocks(client, self.blocks)
+        time_us = now_us()
+        self.polls += 1
+        if snapshot:
+            self.mark_data(time_us)
+        self._raw.update(snapshot)
+        self._report_recovered_from("unreachable")
+        if self._first_poll:
+            self._first_poll = False
+            self.set_state("up")
+            log.info(
+                "%s: polling %s (%d requests per poll)", self.name, self._where(), len(self.blocks)
+            )
+        self.process(snapshot, time_us)
+        if self.map.handshake is not None:
+            await self._handshake(client, snapshot)
+        last = self._last_status
+        if last is None or time.monotonic() - last >= self.options.status_every_s:
+            self._emit_status(time_us)
+
+    async def _read_blocks(
+        self, client: Any, blocks: Sequence[ReadBlock]
+    ) -> dict[str, Sequence[Any]]:
+        """Read each block; returns raw words per point of the blocks that answered."""
+        out: dict[str, Sequence[Any]] = {}
+        exception_codes: list[int] = []
+        for block in blocks:
+            values = await self._read_block(client, block, exception_codes)
+            if values is None:
+                continue
+            for p in block.points:
+                out[p.name] = block.slice_for(p, values)
+        self._note_exceptions(exception_codes)
+        return out
+
+    async def _read_block(
+        self, client: Any, block: ReadBlock, exception_codes: list[int]
+    ) -> Sequence[Any] | None:
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+        read = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }[block.kind]
+        self.requests += 1
+        try:
+            response = await read(
+                block.address, count=block.count, device_id=self.options.device_id
+            )
+        except ConnectionException as exc:
+            raise DeviceDown("disconnected", str(exc)) from None
+        except ModbusIOException as exc:
+            raise DeviceDown(
+                "timeout", f"no answer to a read of {block.kind} {block.address}"
+            ) from exc
+        except (ModbusException, OSError, TimeoutError) as exc:
+            raise DeviceDown("disconnected", f"{type(exc).__name__}: {exc}") from None
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0) or 0)
+            self.count_error(f"exception_{code}")
+            exception_codes.append(code)
+            return None
+        values: Sequence[Any] = response.bits if block.kind in BIT_KINDS else response.registers
+        if len(values) < block.count:
+            self.count_error("garbage")
+            return None
+        return values[: block.count]
+
+    def _note_exceptions(self, codes: list[int]) -> None:
+        """Log exception answers once per streak, not once per poll."""
+        if codes and not self._exception_streak:
+            log.warning(
+                "%s: device answers with exception code(s) %s", self.name, sorted(set(codes))
+            )
+        elif not codes and self._exception_streak:
+            log.info("%s: device answers normally again", self.name)
+        self._exception_streak = bool(codes)
+
+    # --- change detection -------------------------------------------------------------------
+
+    def process(self, snapshot: Mapping[str, Sequence[Any]], time_us: int) -> None:
+        """Turn one poll's raw words (point name -> words or bits) into change events and
+        heartbeat bookkeeping. Pure of I/O; garbage is counted, never raised."""
+        self._apply(snapshot, time_us)
+        self._check_heartbeat(snapshot)
+
+    def _apply(self, snapshot: Mapping[str, Sequence[Any]], time_us: int) -> None:
+        for name, point in self.map.status_points().items():
+            raw = snapshot.get(name)
+            if raw is None:
+                continue
+            try:
+                value = decode(point, raw)
+            except DecodeError as exc:
+                self.count_error("garbage")
+                log.debug("%s: %s", self.name, exc)
+                continue
+            role = point.effective_role
+            if role == "state":
+                self._on_state(point, value, raw, time_us)
+            elif role == "alarms":
+                self._on_alarms(point, value, time_us)
+            elif role == "counter":
+                self._on_counter(point, raw, time_us)
+            self._values[name] = self._display(point, value, raw)
+
+    def _display(self, point: Point, value: Any, raw: Sequence[Any]) -> Any:
+        if point.enum is not None:
+            code = raw_value(point, raw)
+            name = point.enum.get(code) if code is not None else None
+            return name if name is not None else f"unknown({code})"
+        return value
+
+    def _on_state(self, point: Point, value: Any, raw: Sequence[Any], time_us: int) -> None:
+        shown = self._display(point, value, raw)
+        if point.enum is not None and shown.startswith("unknown("):
+            self.count_error("unknown_enum")
+        if point.name not in self._values:
+            return  # first sight: reported in the status, not as a change
+        previous = self._values[point.name]
+        if previous == shown:
+            return
+        data: dict[str, Any] = {
+            "event": "state",
+            "point": point.name,
+            "value": shown,
+            "previous": previous,
+        }
+        if point.enum is not None:
+            data["code"] = raw_value(point, raw)
+        self._emit(data, time_us)
+
+    def _on_alarms(self, point: Point, value: Any, time_us: int) -> None:
+        active = self._active_alarms(point, value)
+        previous = self._alarms.get(point.name)
+        self._alarms[point.name] = active
+        if previous is None:
+            return
+        for alarm in sorted(active - previous):
+            self._emit(self._alarm_event(point, alarm, True), time_us)
+        for alarm in sorted(previous - active):
+            self._emit(self._alarm_event(point, alarm, False), time_us)
+
+    @staticmethod
+    def _alarm_event(point: Point, alarm: str, active: bool) -> dict[str, Any]:
+        return {
+            "event": "alarm",
+            "point": point.name,
+            "alarm": alarm,
+            "active": active,
+            "previous": not active,
+        }
+
+    @staticmethod
+    def _active_alarms(point: Point, value: Any) -> frozenset[str]:
+        if point.type == "bool":
+            return frozenset({point.name}) if value else frozenset()
+        bits = point.bits or {}
+        width = 16 * (point.length or 1)
+        # A set bit the map does not name is still an alarm: reported as bitN, never dropped.
+        return frozenset(
+            bits.get(bit, f"bit{bit}") for bit in range(width) if int(value) >> bit & 1
+        )
+
+    def _on_counter(self, point: Point, raw: Sequence[Any], time_us: int) -> None:
+        total = raw_value(point, raw)
+        if total is None:
+            return
+        previous = self._counters.get(point.name)
+        self._counters[point.name] = total
+        if previous is None or total == previous:
+            return
+        data: dict[str, Any] = {"event": "counter", "point": point.name, "total": total}
+        modulus = point.modulus or 0
+        if total > previous:
+            data["delta"] = total - previous
+        elif modulus and previous > modulus * 3 // 4 and total < modulus // 4:
+            data["delta"] = total + modulus - previous  # wrapped around
+        else:
+            data["delta"] = total  # went back: the PLC reset the counter
+            data["reset"] = True
+        if point.unit:
+            data["unit"] = point.unit
+        self._emit(data, time_us)
+
+    def _emit(self, data: dict[str, Any], time_us: int | None = None) -> None:
+        self.sink.event(
+            DeviceEvent(device=self.name, kind="equipment", data=data, time_us=time_us or now_us())
+        )
+
+    def _emit_status(self, time_us: int) -> None:
+        self._last_status = time.monotonic()
+        health = self.health()
+        alarms = sorted(a for active in self._alarms.values() for a in active)
+        self._emit(
+            {
+                "event": "status",
+                "state": health.state,
+                "points": dict(self._values),
+                "alarms": alarms,
+                "counters": dict(self._counters),
+                "errors": dict(health.errors),
+                "polls": self.polls,
+            },
+            time_us,
+        )
+
+    # --- reachability and heartbeat ---------------------------------------------------------
+
+    def _where(self) -> str:
+        o = self.options
+        return (
+            f"{o.serial} (RTU, id {o.device_id})"
+            if o.serial
+            else f"{o.host}:{o.port} (id {o.device_id})"
+        )
+
+    def _report_unreachable(self, exc: DeviceDown) -> None:
+        if self._down == "unreachable":
+            return
+        previous = self.health().state
+        self._down = "unreachable"
+        self._down_since = time.monotonic()
+        log.warning("%s: unreachable at %s: %s", self.name, self._where(), exc)
+        self._emit(
+            {
+                "event": "unreachable",
+                "reason": exc.reason,
+                "detail": exc.detail,
+                "previous": previous,
+            }
+        )
+        self.set_state("unreachable", exc.reason)
+
+    def _report_recovered_from(self, kind: str) -> None:
+        if self._down != kind:
+            return
+        down_s = round(time.monotonic() - self._down_since, 3)
+        self._down = None
+        # The heartbeat clock restarts: silence while unreachable is not staleness.
+        self._heartbeat_changed = time.monotonic()
+        log.info("%s: recovered from %s after %.1f s", self.name, kind, down_s)
+        self._emit({"event": "recovered", "from": kind, "down_s": down_s})
+        self.set_state("up")
+
+    def _check_heartbeat(self, snapshot: Mapping[str, Sequence[Any]]) -> None:
+        point = self.map.heartbeat
+        if point is None:
+            return
+        now = time.monotonic()
+        raw = snapshot.get(point.name)
+        if raw is not None:
+            value = list(raw)
+            if self._heartbeat is None or value != self._heartbeat:
+                first = self._heartbeat is None
+                self._heartbeat = value
+                self._heartbeat_changed = now
+                if not first:
+                    self._report_recovered_from("stale")
+                return
+        if self._heartbeat_changed == 0.0:
+            self._heartbeat_changed = now
+        unchanged = now - self._heartbeat_changed
+        if unchanged >= self.options.stale_after_s and self._down is None:
+            self._down = "stale"
+            self._down_since = self._heartbeat_changed
+            log.warning(
+                "%s: stale: heartbeat %r unchanged for %.1f s", self.name, point.name, unchanged
+            )
+            self._emit({"event": "stale", "point": point.name, "unchanged_s": round(unchanged, 3)})
+            self.set_state("stale", f"heartbeat {point.name} unchanged")
+
+    # --- robot move handshake ---------------------------------------------------------------
+
+    async def _handshake(self, client: Any, snapshot: Mapping[str, Sequence[Any]]) -> None:
+        hs = self.map.handshake
+        assert hs is not None
+        flag = self._int(hs.flag, snapshot)
+        seq = self._int(hs.seq, snapshot)
+        if not flag or seq is None:
+            return
+        if self._durable_seq is not None and seq <= self._durable_seq:
+            # Already booked (maybe by a previous run that died before the ack): ack only.
+            if self._int(hs.ack, snapshot) != seq:
+                if seq < self._durable_seq:
+                    self.count_error("seq_regressed")
+                await self._write_ack(client, seq)
+            return
+        if self._move_task is None or self._move_task.done():
+            self._move_task = asyncio.create_task(self._book_move(client, seq))
+
+    def _int(self, name: str, snapshot: Mapping[str, Sequence[Any]]) -> int | None:
+        raw = snapshot.get(name)
+        return None if raw is None else raw_value(self.map.points[name], raw)
+
+    async def _book_move(self, client: Any, seq: int) -> None:
+        hs = self.map.handshake
+        assert hs is not None
+        try:
+            record = await self._read_blocks(client, self.record_blocks)
+        except DeviceDown:
+            return  # the poll loop notices and reconnects; the flag will still be up
+        if self._int(hs.seq, record) != seq or not self._int(hs.flag, record):
+            return  # the robot changed the record meanwhile: the next poll sees the new one
+        move = self._movement(record)
+        if isinstance(move, str):
+            self._bad_move(seq, move)
+            return
+        future = self.sink.movement(move, cursors={self.cursor_key: seq})
+        try:
+            await asyncio.wrap_future(future)
+        except Exception as exc:  # the outbox could not make it durable: retried next poll
+            self.count_error("move_not_durable")
+            log.error("%s: move seq %d not stored: %s", self.name, seq, exc)
+            return
+        self._durable_seq = max(self._durable_seq or 0, seq)
+        await self._write_ack(client, seq)
+
+    def _movement(self, record: Mapping[str, Sequence[Any]]) -> Movement | str:
+        """The movement a record describes, or why it cannot be one."""
+        hs = self.map.handshake
+        assert hs is not None
+        try:
+            epc = self._text(hs.epc, record)
+            tote = self._text(hs.tote, record)
+            from_code = self._int(hs.from_station, record)
+            to_code = self._int(hs.to_station, record)
+        except DecodeError as exc:
+            return f"garbage in the record: {exc}"
+        if epc and (not _EPC_HEX.fullmatch(epc) or len(epc) % 4):
+            return f"EPC {epc!r} is not hex of a whole number of words"
+        if not epc and not tote:
+            return "record has neither an EPC nor a tote id"
+        from_ = self.options.stations.get(str(from_code))
+        to = self.options.stations.get(str(to_code))
+        if from_ is None or to is None:
+            unknown = from_code if from_ is None else to_code
+            return f"station {unknown} has no location in [stations]"
+        return Movement(
+            type="moved",
+            epc=epc.upper() if epc else None,
+            object_id=tote or None,
+            from_=from_,
+            to=to,
+            time_us=now_us(),
+            source=self.name,
+            via=self.name,
+        )
+
+    def _text(self, name: str | None, record: Mapping[str, Sequence[Any]]) -> str | None:
+        if name is None or name not in record:
+            return None
+        value = decode(self.map.points[name], record[name])
+        return str(value) or None
+
+    def _bad_move(self, seq: int, reason: str) -> None:
+        """A record that cannot become a movement stays unacknowledged (the robot waits, the
+        operator sees why) — never booked half-right, never silently acked away."""
+        self.count_error("bad_move")
+        if self._bad_move_logged != seq:
+            self._bad_move_logged = seq
+            log.error("%s: move seq %d refused: %s", self.name, seq, reason)
+            self._emit({"event": "move_refused", "seq": seq, "reason": reason})
+
+    async def _write_ack(self, client: Any, seq: int) -> None:
+        from pymodbus.exceptions import ModbusException
+
+        hs = self.map.handshake
+        assert hs is not None
+        point = self.map.points[hs.ack]
+        try:
+            words = encode_register_value(point, seq)
+        except ValueError:
+            self.count_error("bad_move")
+            return
+        try:
+            response = await client.write_registers(
+                point.address, words, device_id=self.options.device_id
+            )
+        except (ModbusException, OSError, TimeoutError):
+            self.count_error("ack_failed")  # retried by the next poll that sees the flag up
+            return
+        if response.isError():
+            self.count_error(f"exception_{int(getattr(response, 'exception_code', 0) or 0)}")
+            return
+        log.debug("%s: acked move seq %d", self.name, seq)

@@ -1,0 +1,340 @@
+"""Benchmarks of the movement engine: quality against scenario truth, and speed.
+
+    fc-edge bench accuracy --json [--scenario FILE ...] [--time-tolerance-s 2]
+    fc-edge bench engine --json [--tags 10000,100000,1000000] [--reads 300000] [--runs 5]
+
+`accuracy` renders each scenario (default: every shipped one with readers), derives the
+gateway config it describes (write_gateway_config -> gateway.config.load), feeds the reads in
+reader-time order in 50 ms batches with tick() every 250 ms of the same clock, runs on until the
+scenario's duration plus the longest departed_after_s plus 5 s, and scores the movements against
+the truth: the engine and two baselines (last-antenna-wins, EdgeX's published rule) on the same
+reads and config.
+
+`engine` measures reads/s through feed() on one core with N tracked tags (median of the runs),
+the bytes per tracked tag by tracemalloc, and the floor measured in the same run: a bare loop
+that only updates a dict per read. The speed figure is reported as a ratio to that floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.engine import Engine, EngineConfig, Step
+from gateway.engine.baselines import EdgeXRule, LastAntennaWins
+from gateway.model import Movement, TagRead, iso_ms
+
+EPOCH_US = 1_764_000_000_000_000  # scenario t=0 on the reader clock (late 2025)
+BATCH_US = 50_000
+TICK_US = 250_000
+
+
+class _Runner(Protocol):
+    def feed(self, reads: Sequence[TagRead]) -> Step: ...
+    def tick(self, now_us: int) -> Step: ...
+
+
+# --- accuracy ---------------------------------------------------------------------------------
+
+
+def scenario_config(scenario: Any) -> EngineConfig:
+    """The EngineConfig of the gateway config the scenario derives (replay driver: the config
+    loader needs a driver it can import; the engine only needs the antennas)."""
+    from gateway.config import load
+    from simulators.scenario import write_gateway_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gateway.toml"
+        write_gateway_config(
+            scenario,
+            {},
+            "",
+            path,
+            state_dir=tmp,
+            mqtt_url="mqtt://127.0.0.1:1883",
+            driver="replay",
+            reader_options={"file": "capture.jsonl"},
+        )
+        return EngineConfig.from_settings(load(path))
+
+
+def scenario_reads(rendering: Any) -> list[TagRead]:
+    from simulators.scenario import merged_reads
+
+    return [
+        TagRead(epc, reader, antenna, float(rssi), EPOCH_US + round(t * 1e6))
+        for t, reader, antenna, epc, rssi in merged_reads(rendering)
+    ]
+
+
+def replay(runner: _Runner, reads: Sequence[TagRead], end_us: int) -> list[dict[str, Any]]:
+    """Feed reads in BATCH_US batches of reader time, tick every TICK_US; each movement is
+    stamped `received_at` = the clock when the engine produced it (for latency)."""
+    got: list[dict[str, Any]] = []
+
+    def take(step: Step, now: int) -> None:
+        for m in step.movements:
+            got.append(_movement_json(m, now))
+
+    k = 0
+    now = EPOCH_US
+    next_tick = EPOCH_US + TICK_US
+    while now < end_us:
+        now += BATCH_US
+        start = k
+        while k < len(reads) and reads[k].time_us < now:
+            k += 1
+        if k > start:
+            take(runner.feed(reads[start:k]), now)
+        if now >= next_tick:
+            take(runner.tick(now), now)
+            next_tick += TICK_US
+    return got
+
+
+def _movement_json(m: Movement, now_us: int) -> dict[str, Any]:
+    return {
+        "epc": m.epc,
+        "type": m.type,
+        "from": m.from_,
+        "to": m.to,
+        "via": m.via,
+        "time": iso_ms(m.time_us),
+        "received_at": iso_ms(now_us),
+    }
+
+
+def accuracy_of(path: str | Path, tolerance_s: float = 2.0) -> dict[str, Any]:
+    """Score the engine and both baselines on one scenario."""
+    from gateway.score import score
+    from simulators.scenario import load_scenario, render, truth_lines
+
+    scenario = load_scenario(path)
+    config = scenario_config(scenario)
+    longest = max(
+        (loc.profile.departed_after_s or 0.0 for loc in config.locations.values()), default=0.0
+    )
+    end_s = scenario.duration + longest + 5.0
+    # The radio keeps reading the final state after the timeline ends, as a real site would:
+    # a run that stopped reading at `duration` would see every tag vanish.
+    rendering = render(scenario, until_s=end_s)
+    reads = scenario_reads(rendering)
+    end_us = EPOCH_US + round(end_s * 1e6)
+    truth = truth_lines(rendering, EPOCH_US)
+    parked = _parked_epcs(scenario)
+    out: dict[str, Any] = {
+        "scenario": Path(path).name,
+        "reads": len(reads),
+        "truth": len(truth),
+    }
+    runners: list[tuple[str, Callable[[EngineConfig], _Runner]]] = [
+        ("engine", Engine),
+        ("last_antenna_wins", LastAntennaWins),
+        ("edgex", EdgeXRule),
+    ]
+    for name, make in runners:
+        runner = make(config)
+        got = replay(runner, reads, end_us)
+        result = score(truth, got, tolerance_s)
+        entry = {k: result[k] for k in ("precision", "recall", "f1", "got", "matched", "latency_s")}
+        per_parked: dict[str, int] = {}
+        for g in got:
+            if g["epc"] in parked:
+                per_parked[g["epc"]] = per_parked.get(g["epc"], 0) + 1
+        entry["parked_false_moves"] = sum(n - 1 for n in per_parked.values())
+        if name == "engine":
+            assert isinstance(runner, Engine)
+            entry["suppressed"] = {k: v for k, v in runner.suppressed.items() if v}
+            entry["unmatched_truth"] = result["unmatched_truth"][:20]
+            entry["unmatched_got"] = result["unmatched_got"][:20]
+        out[name] = entry
+    return out
+
+
+def _parked_epcs(scenario: Any) -> set[str]:
+    """Tags of groups that only ever stand at one place (`at` steps only): they never move, so
+    any movement for them after their first appearance is false. Their arrival is in the truth
+    and scored like any other; here we count every movement beyond one."""
+    ops: dict[str, list[str]] = {}
+    for step in scenario.timeline:
+        ops.setdefault(step.group, []).append(step.op)
+    groups = [g for g, kinds in ops.items() if set(kinds) == {"at"} and len(kinds) == 1]
+    return {epc for g in groups for epc in scenario.groups[g]}
+
+
+def shipped_scenarios() -> list[Path]:
+    from simulators.scenario import SCENARIOS_DIR
+
+    paths = []
+    for path in sorted(SCENARIOS_DIR.glob("*.json")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(raw, dict) and "readers" in raw and "radio" in raw:
+            paths.append(path)  # RFID portal scenarios (handheld sessions have their own bench)
+    return paths
+
+
+# --- speed ------------------------------------------------------------------------------------
+
+
+def _site(n_locations: int = 8) -> EngineConfig:
+    from types import SimpleNamespace as NS
+
+    locations = {
+        f"Z{k}": NS(offsite=False, biz_step=None, disposition=None, profile=None)
+        for k in range(n_locations)
+    }
+    antennas = {
+        k + 1: NS(location=f"Z{k}", read_point=None, rssi_offset_db=0.0) for k in range(n_locations)
+    }
+    return EngineConfig.build([("r1", antennas)], locations, {})
+
+
+def _epc(k: int) -> str:
+    return f"3074257BF7194E{k:010X}"
+
+
+def _population_reads(
+    n_tags: int, n_reads: int, start_us: int, rng: random.Random, n_locations: int = 8
+) -> list[TagRead]:
+    """Reads of stationary tags (tag k stands at zone k % n), 95% where they are and 5% weak
+    cross-reads on a neighbour: the steady state of a busy site."""
+    reads = []
+    step = max(1, 1_000_000 // max(1, n_reads // 10))
+    t = start_us
+    for _ in range(n_reads):
+        k = rng.randrange(n_tags)
+        antenna = k % n_locations + 1
+        rssi = -55.0 + rng.gauss(0.0, 4.0)
+        if rng.random() < 0.05:
+            antenna = antenna % n_locations + 1
+            rssi -= 10.0
+        t += step
+        reads.append(TagRead(_epc(k), "r1", antenna, rssi, t))
+    return reads
+
+
+def _warm(engine: Engine, n_tags: int, start_us: int, n_locations: int = 8) -> int:
+    """Make every tag known and confirmed at its zone; returns the clock after."""
+    t = start_us
+    for rnd in range(3):
+        batch = []
+        for k in range(n_tags):
+            batch.append(TagRead(_epc(k), "r1", k % n_locations + 1, -55.0, t))
+            if len(batch) == 10_000:
+                engine.feed(batch)
+                batch = []
+        if batch:
+            engine.feed(batch)
+        t += 1_000_000 + rnd
+    engine.flush()
+    return t
+
+
+def _time_feed(engine: Engine, reads: list[TagRead], batch: int = 500) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    for k in range(0, len(reads), batch):
+        engine.feed(reads[k : k + batch])
+    engine.flush()
+    return time.perf_counter() - started
+
+
+def _time_floor(reads: list[TagRead], batch: int = 500) -> float:
+    """The floor: a bare loop that only updates a dict per read."""
+    state: dict[str, int] = {}
+    started = time.perf_counter()
+    for k in range(0, len(reads), batch):
+        for read in reads[k : k + batch]:
+            state[read.epc] = read.time_us
+    return time.perf_counter() - started
+
+
+def speed(n_tags: int, n_reads: int, runs: int, seed: int = 1) -> dict[str, Any]:
+    rng = random.Random(seed)
+    engine = Engine(_site())
+    t = _warm(engine, n_tags, EPOCH_US)
+    engine_s, floor_s = [], []
+    for _ in range(runs):
+        reads = _population_reads(n_tags, n_reads, t, rng)
+        t = reads[-1].time_us + 1_000_000
+        floor_s.append(_time_floor(reads))
+        engine_s.append(_time_feed(engine, reads))
+        del reads
+    rate = n_reads / statistics.median(engine_s)
+    floor = n_reads / statistics.median(floor_s)
+    return {
+        "tracked_tags": engine.tracked,
+        "reads_per_run": n_reads,
+        "runs": runs,
+        "reads_per_s": round(rate),
+        "floor_reads_per_s": round(floor),
+        "ratio_to_floor": round(rate / floor, 4),
+        "movements": dict(engine.movement_counts),
+    }
+
+
+def bytes_per_tag(n_tags: int) -> dict[str, Any]:
+    """tracemalloc over everything the engine keeps for n_tags (their EPC strings included):
+    reads are made and dropped batch by batch inside the measured span."""
+    config = _site()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    engine = Engine(config)
+    _warm(engine, n_tags, EPOCH_US)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return {
+        "tracked_tags": engine.tracked,
+        "bytes": after - before,
+        "bytes_per_tag": round((after - before) / max(1, engine.tracked), 1),
+    }
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fc-edge bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    acc = sub.add_parser("accuracy", help="engine vs baselines against scenario truth")
+    acc.add_argument("--scenario", action="append", help="scenario file (repeatable)")
+    acc.add_argument("--time-tolerance-s", type=float, default=2.0)
+    acc.add_argument("--json", action="store_true", help="print JSON (the default)")
+    eng = sub.add_parser("engine", help="reads/s and bytes per tag")
+    eng.add_argument("--tags", default="10000,100000,1000000")
+    eng.add_argument("--reads", type=int, default=300_000)
+    eng.add_argument("--runs", type=int, default=5)
+    eng.add_argument("--memory-tags", type=int, default=1_000_000)
+    eng.add_argument("--json", action="store_true", help="print JSON (the default)")
+    args = parser.parse_args(argv)
+    if args.what == "accuracy":
+        paths: Iterable[str | Path] = args.scenario or shipped_scenarios()
+        results = [accuracy_of(p, args.time_tolerance_s) for p in paths]
+        print(json.dumps({"bench": "accuracy", "scenarios": results}, indent=2))
+        return 0
+    sizes = [int(x) for x in args.tags.split(",") if x]
+    report: dict[str, Any] = {"bench": "engine", "python": sys.version.split()[0]}
+    report["speed"] = [speed(n, args.reads, args.runs) for n in sizes]
+    if args.memory_tags:
+        report["memory"] = bytes_per_tag(args.memory_tags)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from simulators.tsl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""The spine end to end with real parts: `fc-edge run` (a real process) with the replay driver,
+a real mosquitto, and `fc-edge listen` as the IMS."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Broker, ListenProcess, fc_edge, gateway_toml
+from tests.helpers import sgtin96, validate_message, wait_for
+
+ZONE_READER = """
+[[readers]]
+name = "zone-1"
+driver = "replay"
+file = "{capture}"
+speed = {speed}
+[readers.antennas]
+1 = {{ location = "STAGING", read_point = "stg-1" }}
+"""
+
+
+def write_zone_capture(path: Path, n_epcs: int, per_second: int, reads_each: int = 8) -> list[str]:
+    """n distinct EPCs arriving in the STAGING zone, `per_second` new ones each second, each
+    read `reads_each` times 500 ms apart: plainly there, for any sane engine profile."""
+    epcs = [sgtin96(4912345, 67890, i) for i in range(n_epcs)]
+    rows = []
+    for i, epc in enumerate(epcs):
+        t0 = i / per_second
+        rows += [(round(t0 + k * 0.5, 3), epc) for k in range(reads_each)]
+    rows.sort()
+    with path.open("w") as f:
+        for t, epc in rows:
+            f.write(
+                json.dumps({"t": t, "reader": "zone-1", "antenna": 1, "epc": epc, "rssi": -55})
+                + "\n"
+            )
+    return epcs
+
+
+def outbox_depth(state_dir: Path) -> int:
+    path = state_dir / "outbox.db"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
+def movements(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in lines if m.get("schema", "").startswith("fc-edge/movement")]
+
+
+def assert_gapless_once(lines: list[dict[str, Any]]) -> None:
+    ids = Counter(m["id"] for m in lines)
+    assert max(ids.values()) == 1, "each id printed once"
+    seqs = sorted(m["seq"] for m in lines)
+    assert seqs == list(range(1, len(seqs) + 1)), "seq 1..N, no gap, no repeat"
+
+
+def test_replay_capture_reaches_the_ims(tmp_path: Path, broker: Broker) -> None:
+    capture = tmp_path / "zone.jsonl"
+    epcs = write_zone_capture(capture, 200, per_second=100)
+    conf = tmp_path / "gw.toml"
+    conf.write_text(
+        gateway_toml(tmp_path / "state", broker.url, ZONE_READER.format(capture=capture, speed=1.0))
+    )
+    listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements")
+    gw = fc_edge("run", "-c", str(conf))
+    try:
+        wait_for(
+            lambda: len({m["epc"] for m in listen.lines() if m["type"] == "arrived"}) == 200, 30
+        )
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(20) == 0
+        summary = listen.stop()
+    got = movements(listen.lines())
+    assert_gapless_once(got)
+    assert {m["epc"] for m in got} == set(epcs)
+    for m in got:
+        validate_message(m)
+    first = got[0]
+    assert first["site"] == "S1" and first["gateway"] == "gw-1" and first["to"] == "STAGING"
+    assert first["item"]["scheme"] == "sgtin" and first["item"]["gtin"] == "04912345678904"
+    assert first["biz_step"] == "storing" and first["source"] == "zone-1"
+    assert first["time"].endswith("Z") and first["observed"]["reads"] >= 1
+    assert summary["stock"] == {"STAGING": 200}
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """The issue's crash test: 20,000 distinct EPCs through `fc-edge run`, kill -9 at 5 random
+    moments, each while the outbox holds unpublished messages (the broker is paused with
+    SIGSTOP just before, so PUBACKs cannot drain it), restart each time."""
+    capture = tmp_path / "zone.jsonl"
+    epcs = write_zone_capture(capture, 20_000, per_second=1000)
+    state = tmp_path / "state"
+    conf = tmp_path / "gw.toml"
+    conf.write_text(gateway_toml(state, broker.url, ZONE_READER.format(capture=capture, speed=1.0)))
+    listen = ListenProcess(
+        tmp_path, broker.url, "S1", "--streams", "movements", "--client-id", "ims-1"
+    )
+    rnd = random.Random(20_000)
+    kills = 0
+    log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
+    try:
+        for _ in range(5):
+            gw = fc_edge("run", "-c", str(conf), stdout=log, stderr=log)
+            time.sleep(rnd.uniform(1.5, 3.5))
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                wait_for(lambda: outbox_depth(state) > 0, 10)
+                gw.kill()
+                gw.wait(10)
+                kills += 1
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+        gw = fc_edge("run", "-c", str(conf), stdout=log, stderr=log)
+        wait_for(lambda: len(movements(listen.lines())) >= len(epcs), 90, interval=0.5)
+        wait_for(lambda: outbox_depth(state) == 0, 30)
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(20) == 0
+    finally:
+        log.close()
+        listen.stop()
+    assert kills == 5
+    got = movements(listen.lines())
+    arrived = Counter(m["epc"] for m in got if m["type"] == "arrived")
+    assert set(arrived) == set(epcs), "every EPC announced"
+    assert max(arrived.values()) == 1, "no EPC announced twice"
+    assert_gapless_once(got)
+
+
+def test_tls_with_ca_verification(
+    tmp_path: Path, tls_broker: Broker, certs: dict[str, str]
+) -> None:
+    capture = tmp_path / "zone.jsonl"
+    write_zone_capture(capture, 40, per_second=40)
+    tls = f'[mqtt.tls]\nca_file = "{certs["ca"]}"\n'
+    text = gateway_toml(
+        tmp_path / "state", tls_broker.url, ZONE_READER.format(capture=capture, speed=1.0)
+    )
+    conf = tmp_path / "gw.toml"
+    conf.write_text(
+        text.replace('client_id = "fc-edge-gw-1"', f'client_id = "fc-edge-gw-1"\n{tls}')
+    )
+    listen = ListenProcess(tmp_path, tls_broker.url, "S1", "--ca-file", certs["ca"])
+    gw = fc_edge("run", "-c", str(conf))
+    try:
+        wait_for(lambda: len(listen.lines()) >= 40, 30)
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(20) == 0
+        listen.stop()
+
+
+def test_wrong_ca_fails_closed(tmp_path: Path, tls_broker: Broker) -> None:
+    from tests.conftest import make_certs
+
+    other = make_certs(tmp_path / "other-ca")
+    capture = tmp_path / "zone.jsonl"
+    write_zone_capture(capture, 40, per_second=40)
+    tls = f'[mqtt.tls]\nca_file = "{other["ca"]}"\n'
+    text = gateway_toml(
+        tmp_path / "state", tls_broker.url, ZONE_READER.format(capture=capture, speed=1.0)
+    )
+    conf = tmp_path / "gw.toml"
+    conf.write_text(
+        text.replace('client_id = "fc-edge-gw-1"', f'client_id = "fc-edge-gw-1"\n{tls}')
+    )
+    log = tmp_path / "gw.log"
+    with log.open("wb") as out:
+        gw = fc_edge("run", "-c", str(conf), "--log-format", "json", stdout=out, stderr=out)
+        try:
+            wait_for(lambda: "certificate verify failed" in log.read_text(), 20)
+            wait_for(lambda: outbox_depth(tmp_path / "state") >= 40, 20)  # kept, not sent
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            assert gw.wait(20) == 0
+
+
+def test_outbox_full_publishes_a_dropped_notice(tmp_path: Path, broker: Broker) -> None:
+    """With the broker away and a tiny outbox, the oldest are dropped and the IMS is told."""
+    capture = tmp_path / "zone.jsonl"
+    write_zone_capture(capture, 300, per_second=300)
+    conf = tmp_path / "gw.toml"
+    conf.write_text(
+        gateway_toml(
+            tmp_path / "state",
+            broker.url,
+            ZONE_READER.format(capture=capture, speed=1.0),
+            outbox='max_bytes = "20KB"\nwhen_full = "drop_oldest"',
+        )
+    )
+    broker.stop()
+    gw = fc_edge("run", "-c", str(conf))
+    try:
+        wait_for(lambda: outbox_depth(tmp_path / "state") > 0, 20)
+        time.sleep(3)  # all 300 arrivals made; most dropped
+        broker.start()
+        listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements,dropped")
+        wait_for(lambda: any(m.get("type") == "dropped" for m in listen.lines()), 30)
+        time.sleep(2)
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(20) == 0
+    listen.stop()
+    lines = listen.lines()
+    notices = [m for m in lines if m.get("type") == "dropped"]
+    for notice in notices:
+        validate_message(notice)
+    got = movements(lines)
+    dropped = sum(n["count"] for n in notices)
+    assert dropped > 0 and len(got) + dropped == 300
+    lost = {s for n in notices for s in range(n["from_seq"], n["to_seq"] + 1)}
+    assert lost.isdisjoint(m["seq"] for m in got)
+    assert lost | {m["seq"] for m in got} == set(range(1, 301))
+
+
+def test_unusable_state_dir_stops_with_a_clear_error(tmp_path: Path, broker: Broker) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file, not a directory")
+    capture = tmp_path / "zone.jsonl"
+    write_zone_capture(capture, 10, per_second=10)
+    conf = tmp_path / "gw.toml"
+    conf.write_text(
+        gateway_toml(blocker, broker.url, ZONE_READER.format(capture=capture, speed=1.0))
+    )
+    gw = fc_edge("run", "-c", str(conf), "--log-format", "json", stdout=-1, stderr=-1)
+    out, err = gw.communicate(timeout=30)
+    assert gw.returncode == 74
+    assert b"cannot be created" in err and b"durable outbox" in err
+
+
+@pytest.mark.slow
+def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(
+    tmp_path: Path, tmp_path_factory: Any
+) -> None:
+    """Broker with persistence, `listen` with a persistent session; the broker is stopped
+    (SIGTERM) for 30 s mid-stream and restarted: everything arrives, in seq order."""
+    from tests.helpers import free_port
+
+    b = Broker(tmp_path / "broker", free_port(), persistence=True)
+    b.workdir.mkdir()
+    b.start()
+    capture = tmp_path / "zone.jsonl"
+    epcs = write_zone_capture(capture, 6000, per_second=100)  # 60 s of arrivals
+    conf = tmp_path / "gw.toml"
+    conf.write_text(
+        gateway_toml(tmp_path / "state", b.url, ZONE_READER.format(capture=capture, speed=1.0))
+    )
+    listen = ListenProcess(tmp_path, b.url, "S1", "--client-id", "ims-outage")
+    gw = fc_edge("run", "-c", str(conf))
+    try:
+        wait_for(lambda: len(listen.lines()) > 500, 30)
+        b.stop(signal.SIGTERM)
+        time.sleep(30)
+        assert outbox_depth(tmp_path / "state") > 1000, "the outbox held the outage's movements"
+        b.start()
+        wait_for(lambda: len(movements(listen.lines())) >= len(epcs), 120, interval=0.5)
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(20)
+        listen.stop()
+        b.stop()
+    got = movements(listen.lines())
+    assert_gapless_once(got)
+    seqs = [m["seq"] for m in got]
+    assert seqs == sorted(seqs), "delivered in seq order"
+    assert {m["epc"] for m in got} == set(epcs)

@@ -1,0 +1,343 @@
+"""The movement engine, rule by rule, with hand-built read sequences (gateway/engine)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from types import SimpleNamespace as NS
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.engine import Engine, EngineConfig, Step
+from gateway.engine.settings import EngineSettings
+from gateway.model import Movement, TagRead, TagState
+
+T0 = 1_764_000_000_000_000  # reader clock at t=0
+EPC = "3074257BF7194E4000001A85"
+
+
+def site(**settings: object) -> EngineConfig:
+    """A dock door (YARD offsite outside, DOCK inside), a ship door (SHIP inside, TRAILER
+    outside) and two zones A and B on one reader."""
+
+    def loc(offsite: bool = False, biz: str | None = None, disp: str | None = None) -> NS:
+        return NS(offsite=offsite, biz_step=biz, disposition=disp, profile=None)
+
+    def ant(location: str) -> NS:
+        return NS(location=location, read_point=None, rssi_offset_db=0.0)
+
+    return EngineConfig.build(
+        [
+            ("dock", {1: ant("YARD"), 2: ant("DOCK")}),
+            ("ship", {1: ant("TRAILER"), 2: ant("SHIP")}),
+            ("zones", {1: ant("A"), 2: ant("B")}),
+        ],
+        {
+            "YARD": loc(offsite=True),
+            "DOCK": loc(biz="receiving", disp="in_progress"),
+            "SHIP": loc(biz="staging_outbound", disp="in_progress"),
+            "TRAILER": loc(offsite=True, biz="shipping", disp="in_transit"),
+            "A": loc(biz="storing", disp="sellable_accessible"),
+            "B": loc(biz="storing", disp="sellable_accessible"),
+        },
+        {
+            "dock-door": NS(outside=("dock:1",), inside=("dock:2",)),
+            "ship-door": NS(outside=("ship:1",), inside=("ship:2",)),
+        },
+        settings=EngineSettings(**settings),  # type: ignore[arg-type]
+    )
+
+
+def reads_at(
+    reader: str,
+    antenna: int,
+    start_s: float,
+    end_s: float,
+    rssi: float = -50.0,
+    every_s: float = 0.1,
+    epc: str = EPC,
+) -> list[TagRead]:
+    n = round((end_s - start_s) / every_s)
+    return [
+        TagRead(epc, reader, antenna, rssi, T0 + round((start_s + k * every_s) * 1e6))
+        for k in range(n)
+    ]
+
+
+def run(
+    engine: Engine, reads: Iterable[TagRead], until_s: float, batch: int = 10
+) -> list[Movement]:
+    """Feed in time order in small batches, ticking every 0.25 s of the same clock."""
+    ordered = sorted(reads, key=lambda r: r.time_us)
+    moves: list[Movement] = []
+    k = 0
+    t = 0.0
+    while t <= until_s:
+        t += 0.25
+        now = T0 + round(t * 1e6)
+        chunk = []
+        while k < len(ordered) and ordered[k].time_us < now:
+            chunk.append(ordered[k])
+            k += 1
+        for j in range(0, len(chunk), batch):
+            moves += engine.feed(chunk[j : j + batch]).movements
+        moves += engine.tick(now).movements
+    return moves + engine.flush().movements
+
+
+def kinds(moves: list[Movement]) -> list[tuple[str, str | None, str | None]]:
+    return [(m.type, m.from_, m.to) for m in moves]
+
+
+def secs(m: Movement) -> float:
+    return (m.time_us - T0) / 1e6
+
+
+def crossing(near: tuple[str, int], far: tuple[str, int], t: float, d: float) -> list[TagRead]:
+    """A tag through a door: near side for 60% of d, far side from 40% on (both in between)."""
+    return reads_at(*near, t, t + 0.6 * d) + reads_at(*far, t + 0.4 * d, t + d)
+
+
+def test_dock_crossing_arrives_from_the_yard_with_receiving_meaning() -> None:
+    engine = Engine(site())
+    reads = reads_at("dock", 1, 0, 5) + crossing(("dock", 1), ("dock", 2), 5, 4)
+    reads += reads_at("dock", 2, 9, 20)
+    moves = run(engine, reads, 20)
+    assert kinds(moves) == [("arrived", "YARD", "DOCK")]
+    m = moves[0]
+    assert (m.via, m.biz_step, m.disposition, m.source) == (
+        "dock-door",
+        "receiving",
+        "in_progress",
+        "dock",
+    )
+    assert 7.4 < secs(m) < 10.0  # after the yard side went quiet, within the confirm time
+    assert m.observed is not None and m.observed.reads >= 2
+    assert engine.state_of(EPC) == TagState(EPC, True, "DOCK", reads[-1].time_us)
+
+
+def test_turning_back_inside_a_portal_is_no_crossing() -> None:
+    engine = Engine(site())
+    # In the yard, into the door's middle (both sides read it, the far side weaker), and back.
+    reads = reads_at("dock", 1, 0, 5) + reads_at("dock", 1, 5, 7, rssi=-52)
+    reads += reads_at("dock", 2, 5.5, 6.5, rssi=-56) + reads_at("dock", 1, 7, 15)
+    assert run(engine, reads, 15) == []
+    assert engine.state_of(EPC) == TagState(EPC, False, None, reads[-1].time_us)
+
+
+def test_seen_on_the_inside_only_is_an_arrival_from_nowhere() -> None:
+    engine = Engine(site())
+    moves = run(engine, reads_at("dock", 2, 1, 5), 6)
+    assert kinds(moves) == [("arrived", None, "DOCK")]
+
+
+def test_outbound_departs_at_once_with_the_trailers_shipping_meaning() -> None:
+    engine = Engine(site())
+    reads = reads_at("ship", 2, 0, 5) + crossing(("ship", 2), ("ship", 1), 5, 4)
+    reads += reads_at("ship", 1, 9, 20)
+    moves = run(engine, reads, 20)
+    assert kinds(moves) == [("arrived", None, "SHIP"), ("departed", "SHIP", "TRAILER")]
+    departed = moves[1]
+    assert (departed.biz_step, departed.disposition, departed.via) == (
+        "shipping",
+        "in_transit",
+        "ship-door",
+    )
+    assert secs(departed) < 10.0  # at once, not after an absence
+    assert engine.state_of(EPC) == TagState(EPC, False, None, reads[-1].time_us)
+
+
+def test_moved_between_zones_and_departed_by_absence_then_forgotten() -> None:
+    engine = Engine(site())
+    reads = reads_at("zones", 1, 0, 10) + reads_at("zones", 2, 10, 20)
+    moves = run(engine, reads, 60)
+    assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "B"), ("departed", "B", None)]
+    assert 10 < secs(moves[1]) < 12.5
+    # A departure by absence is dated when the tag was last seen (zones: 30 s of silence).
+    assert secs(moves[2]) == (reads[-1].time_us - T0) / 1e6
+    assert engine.tracked == 1
+    run(engine, [], 4000)
+    assert engine.tracked == 0  # forgotten after forget_after_s
+
+
+def test_parked_tag_with_strays_and_cross_reads_never_moves() -> None:
+    rng = random.Random(7)
+    engine = Engine(site())
+    reads = []
+    for k in range(3000):  # 5 minutes at A: read in 70% of 100 ms rounds, sigma 5 dB
+        t = k * 0.1
+        if rng.random() < 0.7:
+            reads.append(TagRead(EPC, "zones", 1, -55 + rng.gauss(0, 5), T0 + round(t * 1e6)))
+        if rng.random() < 0.25:  # cross-reads on the neighbour antenna, 8 dB down
+            reads.append(TagRead(EPC, "zones", 2, -63 + rng.gauss(0, 5), T0 + round(t * 1e6)))
+        if rng.random() < 0.05:  # strays on both sides of the dock door, 10 dB down
+            side = rng.choice((1, 2))
+            reads.append(TagRead(EPC, "dock", side, -65 + rng.gauss(0, 5), T0 + round(t * 1e6)))
+    moves = run(engine, reads, 300)
+    assert kinds(moves) == [("arrived", None, "A")]
+    assert secs(moves[0]) < 2.0
+    s = engine.suppressed
+    assert s["cross_read"] > 0 and s["portal_stray"] + s["stray"] > 0
+
+
+def test_cross_read_storm_between_one_readers_antennas() -> None:
+    engine = Engine(site())
+    epcs = [f"30742{k:019X}" for k in range(50)]
+    reads = []
+    for epc in epcs:
+        reads += reads_at("zones", 1, 0, 20, rssi=-50, every_s=0.2, epc=epc)
+        reads += reads_at("zones", 2, 0.05, 20, rssi=-60, every_s=0.05, epc=epc)  # 4x as many
+    moves = run(engine, reads, 20)
+    assert sorted(kinds(moves)) == [("arrived", None, "A")] * 50
+    assert engine.suppressed["cross_read"] > 10_000
+
+
+def test_weak_single_and_unknown_reads_never_make_a_movement() -> None:
+    engine = Engine(site(min_rssi_dbm=-75.0))
+    reads = reads_at("zones", 1, 0, 5, rssi=-80)  # weak
+    reads += [TagRead("AA" * 12, "zones", 2, -50, T0 + 1_000_000)]  # a single read
+    reads += reads_at("nowhere", 1, 0, 5)  # unknown reader
+    assert run(engine, reads, 10) == []
+    s = engine.suppressed
+    assert s["weak"] == 50 and s["unknown_antenna"] == 50
+    run(engine, [], 4000)
+    assert s["single"] == 1 and engine.tracked == 0
+
+
+def test_late_and_out_of_order_reads_are_placed_as_if_in_order() -> None:
+    reads = reads_at("dock", 1, 0, 5) + crossing(("dock", 1), ("dock", 2), 5, 4)
+    reads += reads_at("dock", 2, 9, 15)
+    in_order = Engine(site())
+    expected = run(in_order, reads, 15)
+    # Two readers' views arriving shuffled within the reorder window (0.5 s).
+    rng = random.Random(3)
+    jittered = sorted(reads, key=lambda r: r.time_us + rng.randrange(0, 400_000))
+    engine = Engine(site())
+    got: list[Movement] = []
+    for k in range(0, len(jittered), 7):
+        got += engine.feed(jittered[k : k + 7]).movements
+    got += engine.flush().movements
+    assert kinds(got) == kinds(expected)
+    assert [m.time_us for m in got] == [m.time_us for m in expected]
+    # A read older than the window already judged only counts as a sighting.
+    stale = TagRead(EPC, "dock", 1, -40, T0)
+    engine.feed([stale])
+    engine.flush()
+    assert engine.suppressed["late"] == 1
+    assert engine.state_of(EPC) is not None and engine.state_of(EPC).location == "DOCK"  # type: ignore[union-attr]
+
+
+def test_restart_with_persisted_state_neither_reannounces_nor_forgets() -> None:
+    engine = Engine(site())
+    first = run(engine, reads_at("zones", 1, 0, 5), 5)
+    assert kinds(first) == [("arrived", None, "A")]
+    persisted = [s for m in [Step(first, [engine.state_of(EPC)])] for s in m.states]  # type: ignore[list-item]
+    restarted = Engine.restore(persisted, site())
+    assert restarted.state_of(EPC) == persisted[0]
+    assert run(restarted, reads_at("zones", 1, 6, 10), 10) == []  # still at A: nothing new
+    moves = run(restarted, reads_at("zones", 2, 10, 15), 15)
+    assert kinds(moves) == [("moved", "A", "B")]
+
+
+def test_restored_tag_that_moved_while_down_moves_once() -> None:
+    state = TagState(EPC, True, "A", T0)
+    engine = Engine.restore([state], site())
+    moves = run(engine, reads_at("zones", 2, 1, 10), 10)
+    assert kinds(moves) == [("moved", "A", "B")]
+
+
+def test_reload_keeps_tags_and_applies_new_profiles() -> None:
+    engine = Engine(site())
+    run(engine, reads_at("zones", 1, 0, 5), 5)
+    engine.reload(site(min_reads=3))
+    assert engine.state_of(EPC) == TagState(EPC, True, "A", reads_at("zones", 1, 0, 5)[-1].time_us)
+    assert run(engine, reads_at("zones", 1, 5, 8), 8) == []
+    # A location removed by the reload keeps its tags (as a plain zone).
+    smaller = EngineConfig(
+        {k: v for k, v in site().places.items() if v.location != "A"},
+        {k: v for k, v in site().locations.items() if k != "A"},
+        site().portals,
+        EngineSettings(),
+    )
+    engine.reload(smaller)
+    assert engine.state_of(EPC).location == "A"  # type: ignore[union-attr]
+    moves = run(engine, reads_at("zones", 2, 9, 14), 14)
+    assert kinds(moves) == [("moved", "A", "B")]
+
+
+def test_device_reported_move_updates_the_tag() -> None:
+    engine = Engine(site())
+    run(engine, reads_at("zones", 1, 0, 5), 5)
+    robot = Movement("moved", EPC, "A", "B", T0 + 6_000_000, "robot-1")
+    step = engine.apply(robot)
+    assert step.movements == []  # the device's own movement is published by the pipeline
+    assert step.states == [TagState(EPC, True, "B", T0 + 6_000_000)]
+    assert run(engine, reads_at("zones", 2, 6, 9), 9) == []  # read where the robot put it
+    assert (
+        engine.apply(Movement("moved", None, "A", "B", T0, "robot-1", object_id="x")).states == []
+    )
+
+
+def test_tracked_tags_are_capped_with_counted_eviction() -> None:
+    engine = Engine(site(max_tags=100))
+    reads = [
+        TagRead(f"30742{k:019X}", "zones", 1, -50, T0 + k * 1000 + j * 100_000_000)
+        for j in range(3)
+        for k in range(150)
+    ]
+    reads.sort(key=lambda r: r.time_us)
+    engine.feed(reads)
+    engine.flush()
+    assert engine.tracked <= 100
+    assert sum(engine.evicted.values()) >= 50
+
+
+# --- properties -------------------------------------------------------------------------------
+
+own_reads = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=600_000_000),  # time within 10 minutes
+        st.sampled_from([("zones", 1), ("dock", 2)]),  # A, or DOCK: both its own antennas below
+        st.floats(min_value=-95, max_value=-20, allow_nan=False),
+        st.integers(min_value=1, max_value=3),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(own_reads, st.integers(min_value=1, max_value=50), st.booleans())
+def test_a_stationary_tag_never_moves(
+    spec: list[tuple[int, tuple[str, int], float, int]], batch: int, at_dock: bool
+) -> None:
+    """Whatever the timing, strength, order, duplicates and batching of the reads of a tag
+    standing at one location, the engine announces at most its arrival there."""
+    where = ("dock", 2) if at_dock else ("zones", 1)
+    reads = [TagRead(EPC, *where, rssi, T0 + t, count) for t, _, rssi, count in spec]
+    engine = Engine(site())
+    moves: list[Movement] = []
+    for k in range(0, len(reads), batch):
+        moves += engine.feed(reads[k : k + batch]).movements
+    moves += engine.flush().movements
+    assert [m.type for m in moves] in ([], ["arrived"])
+    assert all(m.to == ("DOCK" if at_dock else "A") for m in moves)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_weaker_cross_reads_never_move_a_tag_that_is_read_where_it_is(data: st.DataObject) -> None:
+    """Cross-reads on a neighbour, each weaker than the tag's reads where it is by more than
+    the threshold, while its own location keeps reading it: never a move."""
+    engine = Engine(site())
+    reads = []
+    t = 0
+    for _ in range(data.draw(st.integers(min_value=10, max_value=200))):
+        t += data.draw(st.integers(min_value=1, max_value=400_000))  # within the holdoff
+        own = data.draw(st.floats(min_value=-70, max_value=-40))
+        reads.append(TagRead(EPC, "zones", 1, own, T0 + t))
+        if data.draw(st.booleans()):
+            weaker = own - data.draw(st.floats(min_value=6.5, max_value=30))
+            reads.append(TagRead(EPC, "zones", 2, weaker, T0 + t + 1))
+    moves = engine.feed(reads).movements + engine.flush().movements
+    assert [(m.type, m.to) for m in moves] in ([], [("arrived", "A")])
