@@ -31,6 +31,7 @@ from drivers.modbus_map import (
     BIT_KINDS,
     DecodeError,
     Point,
+    MapError,
     ReadBlock,
     RegisterMap,
     decode,
@@ -102,6 +103,15 @@ def now_us() -> int:
 class ModbusDriver(Driver):
     kind = "equipment"
     Options = ModbusOptions
+
+    @classmethod
+    def validate(cls, device: Any) -> list[str]:
+        """The register map is part of the config: `check-config` loads it too."""
+        try:
+            load_map(device.resolve(device.options.map))
+        except MapError as exc:
+            return [f"map: {line}" for line in exc.lines]
+        return []
 
     def __init__(self, device: Any, sink: Sink) -> None:
         super().__init__(device, sink)
