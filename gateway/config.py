@@ -147,8 +147,14 @@ class AntennaSettings:
 
 @dataclass(frozen=True, slots=True)
 class EpcisSettings:
-    enabled: bool = False
-    uri_prefix: str = "urn:fc-edge:"
+    enabled: bool = False  # also publish each outbox batch as an EPCIS 2.0 document (stream epcis)
+    uri_prefix: str = "urn:fc-edge:"  # location / read point ids without a configured sgln
+
+    def __post_init__(self) -> None:
+        from gateway.epcis import uri_prefix_problem
+
+        if (why := uri_prefix_problem(self.uri_prefix)) is not None:
+            raise ValueError(f"uri_prefix: {why}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +376,12 @@ def cross_check(s: dict[str, Any], errors: Errors) -> None:
                         f"unknown location {antenna.location!r}",
                     )
             check_device_locations(device, f"{kind}[{index}]", locations, errors)
+    if s["epcis"].enabled:
+        from gateway.epcis import config_problems
+
+        for line in config_problems(locations, s["epcis"].uri_prefix):
+            key, _, message = line.partition(": ")
+            errors.add(key, message)
     for name, portal in s["portals"].items():
         for side in ("outside", "inside"):
             refs = getattr(portal, side)

@@ -24,6 +24,7 @@ from gateway import config as config_mod
 from gateway import sdnotify
 from gateway.config import Settings
 from gateway.engine import Engine, EngineConfig, Step
+from gateway.epcis import epcis_outgoing
 from gateway.metrics import HealthServer, Metrics, counter, gauge
 from gateway.model import Movement, Outgoing, TagRead, iso_ms, movement_body, now_us
 from gateway.outbox import Outbox, OutboxError
@@ -108,6 +109,7 @@ class _Batch:
     cursors: dict[str, int] = field(default_factory=dict)
     futures: list[Future[None]] = field(default_factory=list)
     movements: int = 0
+    epcis: list[Movement] = field(default_factory=list)  # this batch's movements, for EPCIS
 
 
 class Pipeline:
@@ -247,6 +249,7 @@ class Pipeline:
                 last_tick = loop.time()
                 self._add_step(batch, self.engine.tick(now_us()))  # type: ignore[union-attr]
             self._release_checkpoints(batch)
+            self._add_epcis(batch)
             if batch.messages or batch.states or batch.cursors:
                 await self._commit(batch)
                 last_commit = loop.time()
@@ -308,6 +311,26 @@ class Pipeline:
         body = movement_body(move, gw.site, gw.id)
         batch.messages.append(Outgoing("movements", "movements", body, id=move.id))
         batch.movements += 1
+        if self.settings.epcis.enabled:
+            batch.epcis.append(move)
+
+    def _add_epcis(self, batch: _Batch) -> None:
+        """One EPCIS 2.0 document per outbox batch, committed with the movements it holds."""
+        if not batch.epcis:
+            return
+        s = self.settings
+        message = epcis_outgoing(
+            batch.epcis,
+            locations=s.locations,
+            uri_prefix=s.epcis.uri_prefix,
+            timezone=s.gateway.timezone,
+            site=s.gateway.site,
+            gateway=s.gateway.id,
+            created_us=now_us(),
+            on_skip=lambda move, why: self.metrics.rejected.labels("epcis", why).inc(),
+        )
+        if message is not None:
+            batch.messages.append(message)
 
     def _route_event(self, batch: _Batch, event: DeviceEvent) -> None:
         self.metrics.events.labels(event.device, event.kind).inc()
@@ -427,6 +450,7 @@ class Pipeline:
         if self.fatal is None and self.engine is not None:
             batch = self._process(self.sink.take())
             self._release_checkpoints(batch)
+            self._add_epcis(batch)
             if batch.messages or batch.states or batch.cursors:
                 try:
                     await self._commit(batch)

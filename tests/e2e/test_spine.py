@@ -283,3 +283,37 @@ def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(
     seqs = [m["seq"] for m in got]
     assert seqs == sorted(seqs), "delivered in seq order"
     assert {m["epc"] for m in got} == set(epcs)
+
+
+def test_epcis_documents_are_published_and_valid(tmp_path: Path, broker: Broker) -> None:
+    """[epcis] enabled: each outbox batch also goes out as an EPCIS 2.0 document that the
+    official GS1 schema accepts, one ObjectEvent per movement, eventID joined to the movement."""
+    import jsonschema
+
+    from tests.unit.test_epcis import EPCIS_DIR, _checker, assert_valid
+
+    capture = tmp_path / "zone.jsonl"
+    write_zone_capture(capture, 50, per_second=50)
+    conf = tmp_path / "gw.toml"
+    text = gateway_toml(tmp_path / "state", broker.url, ZONE_READER.format(capture=capture, speed=1.0))
+    conf.write_text(text.replace("[outbox]", "[epcis]\nenabled = true\n\n[outbox]"))
+    listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements,epcis")
+    gw = fc_edge("run", "-c", str(conf))
+    try:
+        wait_for(lambda: len(movements(listen.lines())) == 50, 30)
+        time.sleep(1)
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(20) == 0
+        listen.stop()
+    lines = listen.lines()
+    docs = [m for m in lines if m.get("schema") == "fc-edge/epcis/1"]
+    assert docs, "EPCIS documents published"
+    schema = json.loads((EPCIS_DIR / "EPCIS-JSON-Schema.json").read_text())
+    validator = jsonschema.Draft7Validator(schema, format_checker=_checker())
+    events = []
+    for doc in docs:
+        assert_valid(validator, doc["document"])
+        events += doc["document"]["epcisBody"]["eventList"]
+    assert sorted(e["eventID"] for e in events) == sorted(f"urn:uuid:{m['id']}" for m in movements(lines))
+    assert all(e["action"] == "OBSERVE" and e["epcList"][0].startswith("urn:epc:id:sgtin:") for e in events)
