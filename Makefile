@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 # Debian packages the tests and the demo run for real: the broker, socat (Modbus RTU over a
-# pty pair) and openssl (test certificates).
-APT_PACKAGES := mosquitto socat openssl
+# pty pair), openssl (test certificates), systemd-analyze (unit checks) and strace (the
+# sandbox test); as binary:package pairs.
+APT_TOOLS := mosquitto:mosquitto socat:socat openssl:openssl systemd-analyze:systemd strace:strace
 
 .PHONY: test test-slow demo lint typecheck bench soak fuzz clean system-deps
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@missing=""; \
-	for tool in mosquitto:mosquitto socat:socat openssl:openssl; do \
+	for tool in $(APT_TOOLS); do \
 	  bin=$${tool%%:*}; pkg=$${tool##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; \
 	done; \

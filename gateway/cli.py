@@ -65,14 +65,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway.pipeline import run_gateway
 
-    logs.setup(args.log_level, json_lines=None if args.log_format == "auto" else args.log_format == "json")
+    logs.setup(
+        args.log_level, json_lines=None if args.log_format == "auto" else args.log_format == "json"
+    )
     settings = load_settings(args.config)
     if settings is None:
         return EX_CONFIG
     if settings.mqtt.tls and settings.mqtt.tls.insecure:
         import logging
 
-        logging.getLogger("fc_edge").warning("TLS certificate verification is OFF (mqtt.tls.insecure)")
+        logging.getLogger("fc_edge").warning(
+            "TLS certificate verification is OFF (mqtt.tls.insecure)"
+        )
     return asyncio.run(run_gateway(settings))
 
 

@@ -116,9 +116,7 @@ class OutboxSettings:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
-    listen: tuple[str, int] = field(
-        default=("127.0.0.1", 9464), metadata={PARSE: parse_host_port}
-    )
+    listen: tuple[str, int] = field(default=("127.0.0.1", 9464), metadata={PARSE: parse_host_port})
     enabled: bool = True
 
 
@@ -246,9 +244,11 @@ def from_dict(raw: dict[str, Any], label: str = "config", path: str = "") -> Set
     if not raw.get("readers") and not raw.get("equipment"):
         errors.add("readers", "at least one device ([[readers]] or [[equipment]]) is required")
     for key, cls in _TOP_LEVEL.items():
-        sections[key] = build(cls, raw.get(key, {}), key, errors) if key in raw or key not in (
-            _REQUIRED
-        ) else None
+        sections[key] = (
+            build(cls, raw.get(key, {}), key, errors)
+            if key in raw or key not in (_REQUIRED)
+            else None
+        )
     for key, cls in _TABLES_OF.items():
         sections[key] = build_table(cls, raw.get(key, {}), key, errors)
     for key in _DEVICE_LISTS:
@@ -276,9 +276,7 @@ def build_table(cls: type, raw: Any, path: str, errors: Errors) -> Mapping[str, 
     return out
 
 
-def build_devices(
-    raw: Any, path: str, errors: Errors, base_dir: str
-) -> tuple[DeviceSettings, ...]:
+def build_devices(raw: Any, path: str, errors: Errors, base_dir: str) -> tuple[DeviceSettings, ...]:
     from drivers.base import UnknownDriver, driver_class
 
     if not isinstance(raw, list):
@@ -428,13 +426,22 @@ def substitute_env(value: Any, path: str, errors: Errors) -> Any:
     return value
 
 
-def read_secret(path_text: str) -> str:
-    """A secret from a file; a relative name is looked up in $CREDENTIALS_DIRECTORY (systemd's
-    LoadCredential=). The value is stripped of its trailing newline and never logged."""
+def credential_path(path_text: str) -> Path:
+    """A secret file's path: a relative name is looked up in $CREDENTIALS_DIRECTORY (systemd's
+    LoadCredential=) when set, else relative to the working directory."""
     path = Path(path_text)
     if not path.is_absolute() and "CREDENTIALS_DIRECTORY" in os.environ:
         path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
+    return path
+
+
+def read_secret(path_text: str) -> str:
+    """A secret from a file, stripped of its trailing newline. Never logged."""
+    path = credential_path(path_text)
+    value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    if not value:
+        raise ValueError(f"secret file {path} is empty")
+    return value
 
 
 def summary(s: Settings) -> str:

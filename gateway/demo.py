@@ -40,7 +40,7 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         lines.append("user root")
     conf.write_text("\n".join(lines) + "\n")
     log = open(workdir / "mosquitto.log", "wb")  # noqa: SIM115 (lives as long as the broker)
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)  # noqa: S603 (fixed argv)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -51,7 +51,8 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def cli(*args: str, **kw: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, **kw)
+    argv = [sys.executable, "-m", "gateway.cli", *args]
+    return subprocess.Popen(argv, cwd=ROOT, **kw)  # noqa: S603 (our own CLI, no shell)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,10 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "FC_EDGE_STATE_DIR": str(workdir / "state"), "FC_EDGE_MQTT_URL": broker}
     print(f"demo: broker {broker}, config {conf_path}, state {workdir / 'state'}")
     listen_out = open(workdir / "listen.jsonl", "wb")  # noqa: SIM115
-    listen = cli("listen", "--broker", broker, "--site", "TYO-FC1", "--streams", "movements,dropped",
-                 stdout=listen_out, stderr=subprocess.DEVNULL)
+    listen = cli(
+        "listen",
+        "--broker",
+        broker,
+        "--site",
+        "TYO-FC1",
+        "--streams",
+        "movements,dropped",
+        stdout=listen_out,
+        stderr=subprocess.DEVNULL,
+    )
     gw_log = open(workdir / "gateway.log", "wb")  # noqa: SIM115
-    gateway = cli("run", "-c", str(conf_path), "--log-format", "text", stdout=gw_log, stderr=gw_log, env=env)
+    gateway = cli(
+        "run", "-c", str(conf_path), "--log-format", "text", stdout=gw_log, stderr=gw_log, env=env
+    )
     shown = 0
     try:
         deadline = time.monotonic() + args.duration_s
@@ -118,8 +130,10 @@ def show_new(path: Path, shown: int, quiet: bool) -> int:
     lines = read_lines(path)
     if not quiet:
         for m in lines[shown:]:
-            print(f"  {m.get('time', '')}  {m.get('type', ''):9} {m.get('epc') or m.get('object_id')}"
-                  f"  {m.get('from') or '-'} -> {m.get('to') or '-'}  seq {m.get('seq')}")
+            print(
+                f"  {m.get('time', '')}  {m.get('type', ''):9} {m.get('epc') or m.get('object_id')}"
+                f"  {m.get('from') or '-'} -> {m.get('to') or '-'}  seq {m.get('seq')}"
+            )
     return len(lines)
 
 

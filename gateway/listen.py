@@ -25,7 +25,12 @@ from paho.mqtt.properties import Properties
 
 from gateway.model import iso_ms, now_us
 
-STREAM_OF_TOPIC = {"movements": "movements", "counts": "counts", "epcis": "epcis", "dropped": "notices"}
+STREAM_OF_TOPIC = {
+    "movements": "movements",
+    "counts": "counts",
+    "epcis": "epcis",
+    "dropped": "notices",
+}
 
 
 class ListenState:
@@ -105,7 +110,9 @@ class Listener:
             topics.append(topic)
         return topics
 
-    def on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         if reason.is_failure:
             self.report({"event": "connect_refused", "reason": str(reason)})
             return
@@ -128,13 +135,20 @@ class Listener:
             self.new += 1
             parts = message.topic.split("/")
             gateway = obj.get("gateway") or (parts[-2] if len(parts) >= 2 else "?")
-            stream = STREAM_OF_TOPIC.get(parts[-1], "equipment" if "equipment" in parts else parts[-1])
+            stream = STREAM_OF_TOPIC.get(
+                parts[-1], "equipment" if "equipment" in parts else parts[-1]
+            )
             seq = obj.get("seq")
             if isinstance(seq, int):
                 gap = self.state.note_seq(gateway, stream, seq)
                 if gap:
-                    entry = {"event": "seq_gap", "gateway": gateway, "stream": stream,
-                             "from_seq": gap[0], "to_seq": gap[1]}
+                    entry = {
+                        "event": "seq_gap",
+                        "gateway": gateway,
+                        "stream": stream,
+                        "from_seq": gap[0],
+                        "to_seq": gap[1],
+                    }
                     self.gaps.append(entry)
                     self.report(entry)
             if obj.get("schema", "").startswith("fc-edge/movement"):

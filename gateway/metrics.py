@@ -12,7 +12,15 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -24,6 +32,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(
+            registry=r
+        )  # process_cpu_seconds_total, process_resident_memory_bytes, fds
+        PlatformCollector(registry=r)
         self.reads = Counter(f"{PREFIX}_reads", "Tag reads received", ["reader"], registry=r)
         self.outbox_appends = Counter(
             f"{PREFIX}_outbox_appended_messages", "Messages appended to the outbox", registry=r
@@ -56,7 +68,15 @@ class Metrics:
             f"{PREFIX}_broker_connects", "Successful MQTT connections", registry=r
         )
         self.events = Counter(
-            f"{PREFIX}_device_events", "Device events (barcode, trigger, equipment)", ["device", "kind"],
+            f"{PREFIX}_device_events",
+            "Device events (barcode, trigger, equipment)",
+            ["device", "kind"],
+            registry=r,
+        )
+        self.equipment_state = Gauge(
+            f"{PREFIX}_equipment_state",
+            "1 for the current state of each equipment state point (PackML, cell, zone)",
+            ["device", "point", "state"],
             registry=r,
         )
         self.rejected = Counter(
@@ -117,7 +137,9 @@ class HealthServer:
                     ok, body = ready()
                     self._json(200 if ok else 503, body)
                 else:
-                    self._json(404, {"error": "not found", "paths": ["/metrics", "/healthz", "/readyz"]})
+                    self._json(
+                        404, {"error": "not found", "paths": ["/metrics", "/healthz", "/readyz"]}
+                    )
 
             def _json(self, code: int, body: dict[str, Any]) -> None:
                 self._send(code, json.dumps(body).encode(), "application/json")

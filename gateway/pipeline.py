@@ -10,6 +10,7 @@ which deletes them. Nothing waits anywhere but in the outbox.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import threading
@@ -18,6 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from prometheus_client.core import GaugeMetricFamily
 
 from drivers.base import DeviceEvent, Driver, DriverHealth, driver_class
 from gateway import config as config_mod
@@ -31,6 +34,7 @@ from gateway.outbox import Outbox, OutboxError
 from gateway.publisher import Publisher
 
 log = logging.getLogger("fc_edge.pipeline")
+DEVICE_STATES = ("connecting", "up", "backoff", "stale", "unreachable", "stopped")
 T = TypeVar("T")
 
 
@@ -129,7 +133,10 @@ class Pipeline:
         self.last_progress = time.monotonic()
         self.stopping = False
         self.fatal: BaseException | None = None
-        self._acks: list[tuple[int, float]] = []
+        self._acks: list[tuple[int, float, str]] = []
+        # movement id -> event time, to measure event-to-PUBACK delay (bounded: a long outage
+        # backlog is not worth the memory)
+        self._event_times: dict[str, int] = {}
         self._checkpoints: list[tuple[int, Mapping[str, int]]] = []  # (newest read µs, cursors)
         self._device_bodies: dict[str, dict[str, Any]] = {}
 
@@ -147,7 +154,9 @@ class Pipeline:
         path = s.state_path / "outbox.db"
         o = s.outbox
         self.outbox = await self._db(
-            lambda: Outbox(path, max_bytes=o.max_bytes, when_full=o.when_full, synchronous=o.synchronous)
+            lambda: Outbox(
+                path, max_bytes=o.max_bytes, when_full=o.when_full, synchronous=o.synchronous
+            )
         )
         states = await self._db(lambda: list(self.outbox.tag_states()))  # type: ignore[union-attr]
         cursors = await self._db(self.outbox.cursors)
@@ -311,6 +320,8 @@ class Pipeline:
         body = movement_body(move, gw.site, gw.id)
         batch.messages.append(Outgoing("movements", "movements", body, id=move.id))
         batch.movements += 1
+        if len(self._event_times) < 100_000:
+            self._event_times[move.id] = move.time_us
         if self.settings.epcis.enabled:
             batch.epcis.append(move)
 
@@ -335,6 +346,7 @@ class Pipeline:
     def _route_event(self, batch: _Batch, event: DeviceEvent) -> None:
         self.metrics.events.labels(event.device, event.kind).inc()
         if event.kind == "equipment":
+            self._equipment_metrics(event)
             gw = self.settings.gateway
             body = {
                 "schema": "fc-edge/equipment/1",
@@ -347,6 +359,17 @@ class Pipeline:
             batch.messages.append(Outgoing("equipment", f"equipment/{event.device}", body))
         else:
             log.debug("event %s from %s has no consumer", event.kind, event.device)
+
+    def _equipment_metrics(self, event: DeviceEvent) -> None:
+        """fc_edge_equipment_state{device, point, state} = 1 for the current state only."""
+        data = event.data
+        if data.get("event") == "state" and isinstance(data.get("point"), str):
+            point = data["point"]
+            if data.get("previous") is not None:
+                self.metrics.equipment_state.labels(event.device, point, str(data["previous"])).set(
+                    0
+                )
+            self.metrics.equipment_state.labels(event.device, point, str(data.get("value"))).set(1)
 
     async def _commit(self, batch: _Batch) -> None:
         assert self.outbox is not None
@@ -384,7 +407,7 @@ class Pipeline:
                     continue  # acks will wake us
                 self._publish_wake.set()  # more may have been committed meanwhile
 
-    def _on_acks(self, acks: list[tuple[int, float]]) -> None:
+    def _on_acks(self, acks: list[tuple[int, float, str]]) -> None:
         self._acks.extend(acks)
         self._ack_wake.set()
 
@@ -397,10 +420,14 @@ class Pipeline:
             acks, self._acks = self._acks, []
             if not acks:
                 continue
-            await self._db(self.outbox.ack, [rowid for rowid, _ in acks])
+            await self._db(self.outbox.ack, [rowid for rowid, _, _ in acks])
             self.metrics.acked.inc(len(acks))
-            for _, latency in acks:
+            now = now_us()
+            for _, latency, msg_id in acks:
                 self.metrics.publish_latency.observe(latency)
+                event_us = self._event_times.pop(msg_id, None)
+                if event_us is not None:
+                    self.metrics.end_to_end_latency.observe(max(0, now - event_us) / 1e6)
             self._publish_wake.set()
 
     def _on_connection(self, up: bool) -> None:
@@ -424,12 +451,18 @@ class Pipeline:
             self.publisher.publish_retained(f"devices/{device}", body)
 
     async def _status_loop(self) -> None:
-        """Refresh STATUS= and the watchdog from real progress, and device last-data times."""
+        """Refresh STATUS= every second; WATCHDOG=1 at half WatchdogSec, and only while the
+        ingest loop makes progress (a wedged pipeline gets restarted by systemd)."""
+        watchdog_s = sdnotify.watchdog_interval_s()
+        last_watchdog = 0.0
         while True:
             await asyncio.sleep(1.0)
             self._notify_status()
-            if time.monotonic() - self.last_progress < 5:
+            now = time.monotonic()
+            progressing = now - self.last_progress < 5
+            if watchdog_s is not None and progressing and now - last_watchdog >= watchdog_s:
                 sdnotify.notify("WATCHDOG=1")
+                last_watchdog = now
 
     def _notify_status(self) -> None:
         sdnotify.notify(f"STATUS={self.status_line()}")
@@ -449,6 +482,9 @@ class Pipeline:
         await asyncio.gather(ingest, return_exceptions=True)
         if self.fatal is None and self.engine is not None:
             batch = self._process(self.sink.take())
+            flush = getattr(self.engine, "flush", None)
+            if flush is not None:  # judge the reads still waiting in the reorder window
+                self._add_step(batch, flush())
             self._release_checkpoints(batch)
             self._add_epcis(batch)
             if batch.messages or batch.states or batch.cursors:
@@ -487,7 +523,7 @@ class Pipeline:
         # acks that arrived in the last moments
         if self._acks:
             acks, self._acks = self._acks, []
-            await self._db(self.outbox.ack, [rowid for rowid, _ in acks])
+            await self._db(self.outbox.ack, [rowid for rowid, _, _ in acks])
 
     # --- health -------------------------------------------------------------------------------
 
@@ -504,7 +540,10 @@ class Pipeline:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         publisher = self.publisher
         devices = {name: d.health().to_json() for name, d in self.drivers.items()}
-        running = all(not t.done() or name not in self.drivers for name, t in self.driver_tasks.items())
+        running = all(
+            not task.done() or self.drivers[name].health().state == "stopped"
+            for name, task in self.driver_tasks.items()
+        )
         configured = len(self.drivers) == len(self.settings.devices)
         ok = self.outbox is not None and publisher is not None and configured and running
         broker: dict[str, Any] = {
@@ -533,7 +572,13 @@ class Pipeline:
                 )
             )
         if self.publisher is not None:
-            out.append(gauge("publisher_in_flight_messages", "Published, awaiting PUBACK", self.publisher.in_flight))
+            out.append(
+                gauge(
+                    "publisher_in_flight_messages",
+                    "Published, awaiting PUBACK",
+                    self.publisher.in_flight,
+                )
+            )
         if self.engine is not None:
             out.append(gauge("engine_tracked_tags", "Tags the engine tracks", self.engine.tracked))
             out.append(
@@ -542,6 +587,15 @@ class Pipeline:
                     "Movements produced by the engine",
                     {(k,): v for k, v in self.engine.movement_counts.items()},
                     ["type"],
+                )
+            )
+            evicted = getattr(self.engine, "evicted", {})
+            out.append(
+                counter(
+                    "engine_evicted_tags_total",
+                    "Tags evicted because max_tags was reached, by state",
+                    {(k,): v for k, v in evicted.items()},
+                    ["state"],
                 )
             )
             out.append(
@@ -554,7 +608,22 @@ class Pipeline:
             )
         for name, driver in self.drivers.items():
             h = driver.health()
-            out.append(gauge("device_up", "1 while the device is connected and delivering", 1 if h.state == "up" else 0, {"device": name}))
+            out.append(
+                gauge(
+                    "device_up",
+                    "1 while the device is connected and delivering",
+                    1 if h.state == "up" else 0,
+                    {"device": name},
+                )
+            )
+            state = GaugeMetricFamily(
+                "fc_edge_device_state",
+                "1 for the device's current state",
+                labels=["device", "state"],
+            )
+            for candidate in DEVICE_STATES:
+                state.add_metric([name, candidate], 1 if h.state == candidate else 0)
+            out.append(state)
             out.append(
                 counter(
                     "device_reconnects_total",
@@ -572,14 +641,23 @@ class Pipeline:
                 )
             )
             if h.last_data_us:
-                out.append(gauge("device_last_data_age_seconds", "Seconds since the device last delivered data", (now_us() - h.last_data_us) / 1e6, {"device": name}))
+                out.append(
+                    gauge(
+                        "device_last_data_age_seconds",
+                        "Seconds since the device last delivered data",
+                        (now_us() - h.last_data_us) / 1e6,
+                        {"device": name},
+                    )
+                )
         return out
 
 
 # --- entry point -----------------------------------------------------------------------------
 
 
-async def run_gateway(settings: Settings, on_started: Callable[[Pipeline], Awaitable[None]] | None = None) -> int:
+async def run_gateway(
+    settings: Settings, on_started: Callable[[Pipeline], Awaitable[None]] | None = None
+) -> int:
     pipeline = Pipeline(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -591,21 +669,41 @@ async def run_gateway(settings: Settings, on_started: Callable[[Pipeline], Await
     except OutboxError as exc:
         log.critical("%s — stopping: fc-edge will not run without a durable outbox", exc)
         return 74  # EX_IOERR
+    except (OSError, ValueError) as exc:  # unreadable secret or certificate, port in use, ...
+        log.critical("cannot start: %s", exc)
+        return 78 if pipeline.outbox is None or pipeline.publisher is None else 70
     return 0
 
 
 async def _reload(pipeline: Pipeline) -> None:
     """SIGHUP: new locations, portals, profiles; tag state and the outbox are kept. A bad new
-    config is refused and logged; the old one stays in force."""
+    config is refused and logged; the old one stays in force. Sections that need a restart
+    (mqtt, devices, metrics, gateway) are reported, not applied."""
     sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
     try:
         new = config_mod.load(pipeline.settings.path)
+        old = pipeline.settings
+        if pipeline.engine is not None:
+            pipeline.engine.reload(EngineConfig.from_settings(new))
+        needs_restart = [
+            name
+            for name in ("gateway", "mqtt", "metrics", "outbox", "readers", "equipment")
+            if getattr(old, name) != getattr(new, name)
+        ]
+        pipeline.settings = dataclasses.replace(
+            old,
+            locations=new.locations,
+            portals=new.portals,
+            profiles=new.profiles,
+            engine=new.engine,
+            epcis=new.epcis,
+        )
+        log.info("reloaded %s (locations, portals, profiles, engine, epcis)", new.path)
+        if needs_restart:
+            log.warning("changes to %s take effect only after a restart", ", ".join(needs_restart))
     except config_mod.ConfigError as exc:
         log.error("reload refused, keeping the running config:\n%s", exc)
-        sdnotify.notify("READY=1")
-        return
-    if pipeline.engine is not None:
-        pipeline.engine.reload(EngineConfig.from_settings(new))
-    pipeline.settings = new
-    log.info("reloaded %s", new.path)
-    sdnotify.notify("READY=1", f"STATUS={pipeline.status_line()}")
+    except Exception:
+        log.exception("reload failed, keeping the running config")
+    finally:
+        sdnotify.notify("READY=1", f"STATUS={pipeline.status_line()}")

@@ -25,13 +25,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from drivers.base import Backoff
-from gateway.config import MqttSettings, read_secret
+from gateway.config import MqttSettings, credential_path, read_secret
 from gateway.model import iso_ms, now_us
 from gateway.outbox import Stored
 
 log = logging.getLogger("fc_edge.publisher")
 
-AckCallback = Callable[[list[tuple[int, float]]], None]  # [(rowid, seconds since publish)]
+AckCallback = Callable[[list[tuple[int, float, str]]], None]  # [(rowid, s since publish, id)]
 
 
 class Publisher:
@@ -50,7 +50,7 @@ class Publisher:
         self.on_connection = on_connection
         self.birth = birth
         self._lock = threading.Lock()
-        self._mid_rows: dict[int, tuple[int, float]] = {}  # mid -> (rowid, publish time)
+        self._mid_rows: dict[int, tuple[int, float, str]] = {}  # mid -> (rowid, publish time, id)
         self._early: set[int] = set()  # PUBACKs that beat the mid registration
         self._retained: dict[str, bytes] = {}  # subtopic -> last retained payload (device status)
         self._stop = threading.Event()
@@ -97,7 +97,7 @@ class Publisher:
         tls = self.settings.tls
         context = ssl.create_default_context(cafile=tls.ca_file if tls else None)
         if tls and tls.cert_file and tls.key_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
+            context.load_cert_chain(tls.cert_file, credential_path(tls.key_file))
         if tls and tls.insecure:
             log.warning(
                 "mqtt.tls.insecure = true: the broker's certificate is NOT verified; "
@@ -116,7 +116,9 @@ class Publisher:
     def stop(self, timeout: float = 5.0) -> None:
         """Say goodbye (retained offline status) and disconnect."""
         if self.connected:
-            goodbye = json.dumps({"state": "offline", "reason": "shutdown", "since": iso_ms(now_us())})
+            goodbye = json.dumps(
+                {"state": "offline", "reason": "shutdown", "since": iso_ms(now_us())}
+            )
             info = self.client.publish(self.status_topic, goodbye.encode(), qos=1, retain=True)
             deadline = time.monotonic() + min(timeout, 2.0)
             while not info.is_published() and time.monotonic() < deadline and self.connected:
@@ -178,7 +180,9 @@ class Publisher:
 
     # --- paho callbacks (network thread) ------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         if reason.is_failure:
             self._note_failure(f"broker refused the connection: {reason}")
             return
@@ -191,7 +195,9 @@ class Publisher:
             client.publish(f"{self.topic_base}/{subtopic}", payload, qos=1, retain=True)
         self._set_connected(True, None)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         if self.connected:
             self._set_connected(False, str(reason))
 
@@ -210,13 +216,15 @@ class Publisher:
             self.disconnected_since_us = now_us()
         self.on_connection(up)
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
         with self._lock:
             entry = self._mid_rows.pop(mid, None)
             if entry is None:
                 self._early.add(mid)
                 return
-        self.on_acks([(entry[0], time.monotonic() - entry[1])])
+        self.on_acks([(entry[0], time.monotonic() - entry[1], entry[2])])
 
     # --- publishing (any thread) --------------------------------------------------------------
 
@@ -233,13 +241,15 @@ class Publisher:
             info = self.client.publish(topic, row.payload, qos=1)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 # paho refused to queue it: it stays in the outbox and is re-leased later.
-                raise PublishRefused(f"paho refused to queue a message: {mqtt.error_string(info.rc)}")
+                raise PublishRefused(
+                    f"paho refused to queue a message: {mqtt.error_string(info.rc)}"
+                )
             with self._lock:
                 if info.mid in self._early:
                     self._early.discard(info.mid)
-                    acked_early.append((row.rowid, 0.0))
+                    acked_early.append((row.rowid, 0.0, row.id))
                 else:
-                    self._mid_rows[info.mid] = (row.rowid, time.monotonic())
+                    self._mid_rows[info.mid] = (row.rowid, time.monotonic(), row.id)
         if acked_early:
             self.on_acks(acked_early)
 
