@@ -139,6 +139,7 @@ class Pipeline:
         self._event_times: dict[str, int] = {}
         self._checkpoints: list[tuple[int, Mapping[str, int]]] = []  # (newest read µs, cursors)
         self._device_bodies: dict[str, dict[str, Any]] = {}
+        self.workflows: dict[str, Any] = {}  # handheld name -> gateway.handheld.Workflow
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class Pipeline:
         }
 
     def start_drivers(self) -> None:
+        self.workflows = make_workflows(self.settings, self.engine)
         for device in self.settings.devices:
             cls = driver_class(device.driver)
             driver = cls(device, self.sink)
@@ -256,7 +258,10 @@ class Pipeline:
             batch = self._process(self.sink.take())
             if loop.time() - last_tick >= tick_s:
                 last_tick = loop.time()
-                self._add_step(batch, self.engine.tick(now_us()))  # type: ignore[union-attr]
+                now = now_us()
+                self._add_step(batch, self.engine.tick(now))  # type: ignore[union-attr]
+                for name, workflow in self.workflows.items():
+                    self._add_workflow(batch, name, workflow.tick(now))
             self._release_checkpoints(batch)
             self._add_epcis(batch)
             if batch.messages or batch.states or batch.cursors:
@@ -272,8 +277,13 @@ class Pipeline:
             if item.kind == "reads":
                 reads: Sequence[TagRead] = item.payload
                 if reads:
-                    self.metrics.reads.labels(reads[0].reader).inc(len(reads))
-                    self._add_step(batch, engine.feed(reads))
+                    reader = reads[0].reader
+                    self.metrics.reads.labels(reader).inc(len(reads))
+                    workflow = self.workflows.get(reader)
+                    if workflow is not None:  # a handheld: its workflow decides, not the engine
+                        self._add_workflow(batch, reader, workflow.on_reads(reads, now_us()))
+                    else:
+                        self._add_step(batch, engine.feed(reads))
             elif item.kind == "movement":
                 move: Movement = item.payload
                 self._add_step(batch, engine.apply(move))
@@ -343,8 +353,37 @@ class Pipeline:
         if message is not None:
             batch.messages.append(message)
 
+    def _add_workflow(self, batch: _Batch, device: str, out: Any) -> None:
+        """A handheld workflow's output: movements (which also update the engine's tag
+        state), count messages, find reads (QoS 0, outside the outbox), operator feedback."""
+        if not out:
+            return
+        engine = self.engine
+        assert engine is not None
+        for move in out.movements:
+            self._add_step(batch, engine.apply(move))
+            self._add_movement(batch, move)
+        gw = self.settings.gateway
+        for body in out.counts:
+            body = {"schema": "fc-edge/count/1", "site": gw.site, "gateway": gw.id, **body}
+            batch.messages.append(Outgoing("counts", "counts", body))
+        if self.publisher is not None:
+            for body in out.find:
+                self.publisher.publish_volatile("find", body)
+        driver = self.drivers.get(device)
+        alert = getattr(driver, "alert", None)
+        for kind in out.feedback:
+            if alert is not None:
+                alert(kind)
+        for line in out.log:
+            log.info("%s", line)
+
     def _route_event(self, batch: _Batch, event: DeviceEvent) -> None:
         self.metrics.events.labels(event.device, event.kind).inc()
+        workflow = self.workflows.get(event.device)
+        if workflow is not None and event.kind in ("barcode", "trigger"):
+            self._add_workflow(batch, event.device, workflow.on_event(event, now_us()))
+            return
         if event.kind == "equipment":
             self._equipment_metrics(event)
             gw = self.settings.gateway
@@ -650,6 +689,16 @@ class Pipeline:
                     )
                 )
         return out
+
+
+def make_workflows(settings: Settings, engine: Engine | None) -> dict[str, Any]:
+    """One workflow per handheld (driver "tsl"); imported only when a site has handhelds."""
+    handhelds = [d for d in settings.readers if d.driver == "tsl"]
+    if not handhelds or engine is None:
+        return {}
+    from gateway.handheld import Workflow
+
+    return {d.name: Workflow(d, settings.locations, engine.state_of) for d in handhelds}
 
 
 # --- entry point -----------------------------------------------------------------------------
