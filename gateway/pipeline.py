@@ -418,10 +418,14 @@ class Pipeline:
             )
         except OutboxError as exc:
             for future in batch.futures:
-                future.set_exception(exc)
+                if not future.done():
+                    future.set_exception(exc)
             raise
         for future in batch.futures:
-            future.set_result(None)
+            # A driver cancelled at shutdown may have given up waiting: the movement is durable
+            # all the same, and its cursor makes the next run acknowledge it without rebooking.
+            if not future.done():
+                future.set_result(None)
         self.metrics.outbox_commits.inc()
         self.metrics.outbox_appends.inc(len(batch.messages))
         self._publish_wake.set()

@@ -88,6 +88,12 @@ class Publisher:
             self._configure_tls(client)
         will = json.dumps({"state": "offline", "reason": "connection lost"}).encode()
         client.will_set(self.status_topic, will, qos=1, retain=True)
+        # publish() is called from the pipeline's thread while our network thread runs loop().
+        # Without a registered write callback paho would write to the socket from the calling
+        # thread as well, unlocked, and could reorder or interleave packets. With one, publish()
+        # only queues the packet and wakes loop() through paho's socket pair: one writer.
+        client.on_socket_register_write = _ignore_socket_event
+        client.on_socket_unregister_write = _ignore_socket_event
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -270,3 +276,7 @@ class Publisher:
 
 class PublishRefused(Exception):
     pass
+
+
+def _ignore_socket_event(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Our own loop selects on the socket; paho only needs to know someone does."""

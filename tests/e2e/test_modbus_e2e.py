@@ -86,15 +86,22 @@ def test_robot_moves_exactly_once_across_kill_9(tmp_path: Path, broker: Broker) 
     log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
     rnd = random.Random(6)
     try:
+        def acked() -> int:
+            return len(robot.command({"status": True})["status"]["acked"])
+
         for _ in range(5):
+            before = acked()
             gw = fc_edge("run", "-c", str(conf), stdout=log, stderr=log)
-            time.sleep(rnd.uniform(2.0, 4.0))
+            # kill once this run is handing moves over (a slow start must not fool the test)
+            wait_for(lambda before=before: acked() >= before + 2, 60, interval=0.05)
+            time.sleep(rnd.uniform(0.0, 0.3))
             gw.kill()
             gw.wait(10)
         gw = fc_edge("run", "-c", str(conf), stdout=log, stderr=log)
         time.sleep(3)
         gw.send_signal(signal.SIGTERM)
-        assert gw.wait(30) == 0
+        code = gw.wait(30)
+        assert code == 0, (tmp_path / "gw.log").read_text()[-3000:]
         time.sleep(1)
         status = robot.command({"status": True})
     finally:
