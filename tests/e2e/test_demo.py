@@ -1,0 +1,248 @@
+"""`fc-edge demo`: its pieces (plan, merged config, handheld script) checked fast, then the whole
+demo as a real subprocess — mosquitto, LLRP/Modbus/TSL simulators, gateway, listen, a broker
+outage — ending with every movement counted and nothing lost; and Ctrl-C leaving no child behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import config as config_mod
+from gateway import demo
+from simulators import scenario as scenarios
+from simulators.tsl.scenario import load as load_tsl_scenario
+from tests.conftest import ROOT
+from tests.helpers import wait_for
+
+# --- the pieces, fast ----------------------------------------------------------------------------
+
+
+def test_plan_scales_the_outage_and_the_scenario_to_the_duration() -> None:
+    long = demo.Plan.for_duration(90, 72)
+    assert long.outage_s == 20 and long.speed == 1.0
+    assert 0 < long.outage_at_s and long.outage_end_s < 90
+    short = demo.Plan.for_duration(30, 72)
+    assert 3 <= short.outage_s < 20
+    assert short.outage_end_s < 30 - 5, "time must be left to see the outbox drain"
+    assert 72 / short.speed <= 0.8 * 30 + 1e-9, "the scenario plays within the run"
+
+
+def merged(tmp_path: Path, handheld_port: int | None = 4001) -> dict[str, Any]:
+    site = scenarios.load_scenario(demo.SITE_SCENARIO)
+    ports = {name: 5000 + i for i, name in enumerate(site.readers)}
+    base = scenarios.gateway_config_text(
+        site, ports, "127.0.0.1", state_dir=str(tmp_path / "state"), mqtt_url="mqtt://127.0.0.1:1"
+    )
+    return demo.merge_config(
+        tomllib.loads(base),
+        metrics_port=9999,
+        equipment_ports={"conveyor-plc": 6001, "robot-cell": 6002},
+        handheld_port=handheld_port,
+    )
+
+
+def test_merged_config_is_one_valid_gateway_config_with_every_device(tmp_path: Path) -> None:
+    path = tmp_path / "demo.toml"
+    demo.write_config(merged(tmp_path), path)
+    settings = config_mod.load(path)  # what `fc-edge run` will load
+    drivers = {d.name: d.driver for d in settings.devices}
+    assert {n for n, d in drivers.items() if d == "llrp"} == {
+        "dock-01", "dock-02", "staging", "conv-1", "store", "returns",
+    }  # fmt: skip
+    assert drivers["conveyor-plc"] == drivers["robot-cell"] == "modbus"
+    assert drivers[demo.HANDHELD] == "tsl"
+    assert set(settings.portals) == {"dock-01", "dock-02"}
+    assert settings.locations[demo.COUNTED_LOCATION].barcode == demo.COUNTED_BARCODE
+    assert settings.locations["RETURNS-COUNTER"].disposition == "returned"
+    assert settings.mqtt.reconnect_max_s <= 2
+    robot = next(d for d in settings.equipment if d.name == "robot-cell")
+    assert set(robot.options.stations.values()) <= set(settings.locations)
+
+
+def test_merged_config_without_the_handheld_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "demo.toml"
+    demo.write_config(merged(tmp_path, handheld_port=None), path)
+    assert all(d.driver != "tsl" for d in config_mod.load(path).devices)
+
+
+def test_toml_writer_round_trips() -> None:
+    data = {
+        "gateway": {"site": "S", "id": "gw", "n": 3, "on": True, "x": 1.5},
+        "locations": {"A-1": {"offsite": True}, "B": {"barcode": 'say "hi"\\'}},
+        "readers": [
+            {"name": "r", "tags": ["a", "b"], "antennas": {"1": {"location": "A-1"}}},
+            {"name": "s", "stations": {"1": "B"}},
+        ],
+    }
+    assert tomllib.loads(demo.toml_dumps(data)) == data
+
+
+def test_a_bad_merge_is_refused_with_the_loader_s_words(tmp_path: Path) -> None:
+    raw = merged(tmp_path)
+    raw["equipment"][1]["stations"] = {"1": "NOWHERE"}
+    with pytest.raises(demo.DemoError, match="NOWHERE"):
+        demo.write_config(raw, tmp_path / "bad.toml")
+
+
+def test_handheld_script_is_a_valid_tsl_scenario_counting_the_shelf(tmp_path: Path) -> None:
+    plan = demo.Plan.for_duration(30, 72)
+    script = demo.handheld_scenario(plan, start_delay_s=6)
+    path = tmp_path / "hh.json"
+    path.write_text(json.dumps(script))
+    load_tsl_scenario(path)  # raises on anything the TSL simulator would refuse
+    scans = [s for s in script["steps"] if s["do"] == "scan"]
+    assert [s["barcode"] for s in scans] == [demo.COUNTED_BARCODE] * 2
+    # The second count happens during the outage (its counts message waits in the outbox).
+    lead = 6 - 3
+    assert plan.outage_at_s < scans[1]["at"] - lead < plan.outage_end_s
+    site = json.loads(demo.SITE_SCENARIO.read_text())
+    assert len(script["groups"]["shelf"]) == site["tags"]["shelf"]["sgtin"]["count"]
+
+
+def test_watch_reads_the_ims_output_and_the_live_view_renders(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    def movement(seq: int, kind: str, to: str | None, **kw: Any) -> dict[str, Any]:
+        return {"schema": "fc-edge/movement/1", "seq": seq, "type": kind, "to": to, **kw}
+
+    out, err = tmp_path / "listen.out", tmp_path / "listen.err"
+    lines = [
+        movement(1, "arrived", "SHIP-DOCK", epc="3034257BF7194E40000003E8",
+                 item={"gtin": "80614141123458", "serial": "1000"}),
+        movement(3, "moved", "CELL-OUT", object_id="TOTE-000001"),
+        movement(2, "departed", None, epc="3034257BF7194E40000003E8"),
+        {"schema": "fc-edge/equipment/1", "seq": 1, "device": "robot-cell", "event": "state"},
+    ]  # fmt: skip
+    out.write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"half a li')
+    gap = {"event": "seq_gap", "gateway": "gw-demo", "stream": "movements", "from_seq": 2}
+    err.write_text(json.dumps({**gap, "to_seq": 2}) + "\n")
+    site = demo.Site(tmp_path / "demo.toml", "http://127.0.0.1:1", [], [], None)
+    watch = demo.Watch(site, demo.TailFile(out), demo.TailFile(err))
+    watch.poll()  # nothing listens on port 1: the scrape just finds nothing
+    assert watch.by_type == {"arrived": 1, "moved": 1, "departed": 1}
+    assert watch.stock == {"TOTE-000001": "CELL-OUT"}  # the departed EPC left the stock
+    assert watch.seqs == {"movements": {1, 2, 3}, "equipment": {1}}
+    assert len(watch.gaps) == 1 and watch.equipment_events == {"robot-cell:state": 1}
+
+    args = argparse.Namespace(duration_s=30.0, broker="mqtt://127.0.0.1:1", no_tty=True)
+    d = demo.Demo(args)
+    d.site, d.watch, d.t0 = site, watch, time.monotonic() - 12
+    site.config_path.write_text('[gateway]\nsite = "DEMO-FC"\n')
+    watch.ready = {
+        "broker": "disconnected",
+        "outbox": {"depth": 42},
+        "devices": {"dock-01": {"state": "up"}},
+    }
+    watch.depth_history.extend([0, 5, 42])
+    console = Console(width=140, height=40, record=True, file=io.StringIO())
+    console.print(demo.render_live(d))
+    screen = console.export_text()
+    for text in (
+        "DEMO-FC",
+        "80614141123458 #1000",
+        "TOTE-000001",
+        "CELL-OUT",
+        "outbox depth",
+        "dock-01",
+    ):
+        assert text in screen, text
+    figures = d.figures({"depth": 0, "last_seq": {"movements": 3, "equipment": 1}}, 0)
+    assert figures["lost"] == {} and figures["gaps"] == 1 and figures["gaps_filled_later"] == 1
+    assert figures["ok"] is False  # a reordering fails the check, as a loss would
+    shutil.rmtree(d.workdir)
+
+
+# --- the whole demo, real processes ------------------------------------------------------------
+
+
+def run_demo(*args: str, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "demo", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_30s_counts_every_movement_through_a_broker_outage() -> None:
+    proc = run_demo("--duration-s", "30", "--no-tty")
+    out, _ = proc.communicate(timeout=150)
+    summaries = [json.loads(line) for line in out.splitlines() if line.startswith('{"demo"')]
+    assert len(summaries) == 1, out[-4000:]
+    s = summaries[0]
+    movements = s["movements"]
+    # The site's scenario: arrivals at both docks, the conveyor, the store; moves to staging,
+    # along the conveyor, off the returns counter; departures into the trailer and packing.
+    assert movements.get("arrived", 0) > 0 and movements.get("moved", 0) > 0, s
+    assert movements.get("departed", 0) > 0, s
+    assert s["movements_total"] == sum(movements.values()) > 50
+    assert s["equipment_events"] > 0, "the conveyor PLC and the robot cell report"
+    assert s["outage"]["observed"] and s["outage"]["max_outbox_depth"] > 0, s["outage"]
+    assert s["drained"] is True and s["outbox_depth_at_end"] == 0
+    assert s["lost"] == {}, "messages the outbox handed out never reached the IMS"
+    assert s["gaps"] == 0, (
+        f"listen saw {s['gaps']} seq gaps, {s['gaps_filled_later']} of them filled later: "
+        "messages of one stream arrived out of order (see gateway/publisher.py)"
+    )
+    # Every message the gateway ever put in its outbox reached the IMS, stream by stream.
+    assert s["outbox_last_seq"]["movements"] == s["received"]["movements"] == s["movements_total"]
+    assert s["handheld"] is True and s["counts"]["messages"] >= 1, "the handheld's count"
+    assert "where to look next" in out and "demo.toml" in out
+    assert s["gateway_exit"] == 0 and s["ok"] is True and proc.returncode == 0, out[-4000:]
+
+
+def children_of(pid: int) -> set[int]:
+    kids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            kids.add(int(entry.name))
+    return kids
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_every_child_process() -> None:
+    proc = run_demo("--duration-s", "60", "--no-tty")
+    # The broker, 4 simulators, listen and the gateway: 7 children once the site is up.
+    kids: set[int] = wait_for(
+        lambda: (lambda k: k if len(k) >= 7 else None)(children_of(proc.pid)), 60
+    )
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out
+    wait_for(lambda: not any(alive(pid) for pid in kids), timeout=10)
