@@ -34,6 +34,9 @@ BENCHES = {
     "engine": "gateway.bench_engine:main",
     "accuracy": "gateway.bench_engine:main",
     "llrp": "gateway.bench_llrp:main",
+    "memory": "gateway.bench:memory_main",
+    "reduction": "gateway.bench:reduction_main",
+    "pipeline": "gateway.bench:pipeline_main",
     "all": "gateway.bench:all_main",
 }
 

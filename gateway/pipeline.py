@@ -453,6 +453,9 @@ class Pipeline:
     def _on_acks(self, acks: list[tuple[int, float, str]]) -> None:
         self._acks.extend(acks)
         self._ack_wake.set()
+        # The in-flight window has room from this moment on (the publisher forgot these mids);
+        # refill it now rather than after the delete transaction.
+        self._publish_wake.set()
 
     async def _ack_loop(self) -> None:
         assert self.outbox is not None

@@ -52,6 +52,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._mid_rows: dict[int, tuple[int, float, str]] = {}  # mid -> (rowid, publish time, id)
         self._early: set[int] = set()  # PUBACKs that beat the mid registration
+        self._acked: list[tuple[int, float, str]] = []  # gathered per network loop pass
         self._retained: dict[str, bytes] = {}  # subtopic -> last retained payload (device status)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -158,12 +159,15 @@ class Publisher:
             started = time.monotonic()
             while not self._stop.is_set():
                 rc = self.client.loop(timeout=0.05)
+                self._deliver_acks()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
             if self._stop.is_set():
                 # let the DISCONNECT go out
                 for _ in range(20):
-                    if self.client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    rc = self.client.loop(timeout=0.05)
+                    self._deliver_acks()
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         break
                 break
             if self.connected:
@@ -230,7 +234,14 @@ class Publisher:
             if entry is None:
                 self._early.add(mid)
                 return
-        self.on_acks([(entry[0], time.monotonic() - entry[1], entry[2])])
+            self._acked.append((entry[0], time.monotonic() - entry[1], entry[2]))
+
+    def _deliver_acks(self) -> None:
+        """Hand the PUBACKs of one network loop pass over at once (one wake-up, not one per ack)."""
+        with self._lock:
+            acked, self._acked = self._acked, []
+        if acked:
+            self.on_acks(acked)
 
     # --- publishing (any thread) --------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from gateway.model import Movement, Observed, TagRead, TagState
 
 NONE = -1  # "no location" in the location arrays
 NEVER = -(1 << 62)  # "no time" in the time arrays
+NO_EVIDENCE = 1 << 62  # "nothing undecided" in the evidence-start array (sorts after any time)
 _NAN = float("nan")
 _RECHECK_US = 60_000_000  # a present tag at a location that never departs is looked at every minute
 _time_of = attrgetter("time_us")
@@ -52,6 +53,7 @@ SUPPRESSION_REASONS = (
     "single",  # evidence for a location that never reached min_reads
     "outvoted",  # evidence for a location that never beat the current one
     "late",  # older than the reorder window already judged: kept only as a sighting
+    "stale",  # older than the decision that placed the tag (re-fed after a restart)
 )
 
 
@@ -80,6 +82,8 @@ class Loc:
         "decay_per_us",
         "floor",
         "readers",
+        "gap_us",
+        "refresh_us",
     )
 
     def __init__(self, lid: int, info: LocationInfo, readers: frozenset[str]) -> None:
@@ -97,6 +101,17 @@ class Loc:
         self.decay_per_us = p.decay_db_per_s / 1e6
         self.floor = p.floor_db
         self.readers = readers
+        self.gap_us = self.confirm_us  # raised to the engine's evidence_gap_s by Engine._apply
+        # A present tag's persisted state is refreshed when its last_seen_us is this old, so a
+        # restart never judges its absence from a stale time (never, for "never departs").
+        self.refresh_us = self.departed_after_us // 2 if self.departed_after_us else 1 << 62
+
+    def fade(self, since_us: int) -> float:
+        """How much a level measured here `since_us` ago has faded: a location's claim on a
+        tag weakens, after its holdoff, at the decay rate of the offset."""
+        if since_us <= self.holdoff_us:
+            return 0.0
+        return self.decay_per_us * (since_us - self.holdoff_us)
 
     def offset(self, since_us: int) -> float:
         """How much stronger a challenger must be, `since_us` after the last read here."""
@@ -160,7 +175,7 @@ class Engine:
         self._loc = array("h")  # current location estimate (NONE: unknown)
         self._tentative = array("b")  # 1: the estimate is not confirmed yet (nothing announced)
         self._n_cur = array("H")  # reads behind a tentative estimate
-        self._t_since = array("q")  # since when the estimate holds
+        self._t_since = array("q")  # since when the estimate holds (confirmed: the decision)
         self._s_cur = array("f")  # smoothed RSSI at the current location (NaN: unknown)
         self._t_cur = array("q")  # last read at the current location
         self._cand = array("h")  # challenger location (NONE: none)
@@ -171,15 +186,28 @@ class Engine:
         self._peak = array("f")
         self._seen = array("q")  # last read anywhere
         self._due = array("q")  # wheel key of the tag's live absence check (0: none)
+        # Earliest reader time of a read behind the tag's undecided evidence (a tentative
+        # estimate, a challenger that leads or has too few reads yet); NO_EVIDENCE: none.
+        # resume_floor_us() is the minimum over tags (a heap of (time, slot), lazily cleaned).
+        self._ev = array("q")
+        self._ev_heap: list[tuple[int, int]] = []
+        self._n_ev = 0
         # absence checks: wheel key (tick-sized slots of reader time) -> slots, plus a heap of keys
         self._wheel: dict[int, list[int]] = {}
         self._wheel_keys: list[int] = []
-        # reorder buffer
+        # reorder buffer; _pending[:_p_scanned] holds no read older than _p_min
         self._pending: list[TagRead] = []
+        self._p_scanned = 0
+        self._p_min = NO_EVIDENCE
         self._pending_max = NEVER
         self._judged_to = NEVER  # every read at or before this time has been taken
         self._max_at_tick = NEVER
         self._quiet_since = 0
+        # After a restore, absence is not judged until the re-fed reads have caught up with the
+        # restart (the first tick's horizon), or no reader delivered for the longest
+        # departed_after_s: until then a tag's newest reads may still be on their way.
+        self._catching_up = False
+        self._resume_at: int | None = None
         self._apply(config)
 
     # --- config -------------------------------------------------------------------------------
@@ -187,6 +215,7 @@ class Engine:
     def _apply(self, config: EngineConfig) -> None:
         self.config = config
         s = config.settings
+        self._gap_us = int(s.evidence_gap_s * 1e6)
         readers_of: dict[str, set[str]] = {}
         for (reader, _), place in config.places.items():
             readers_of.setdefault(place.location, set()).add(reader)
@@ -199,8 +228,14 @@ class Engine:
                 self.locs.append(loc)
             else:
                 self.locs[lid] = loc
+        for loc in self.locs:
+            # Evidence expires when its location has not read the tag for this long; a slow
+            # profile (a shelf) keeps it at least for its confirmation time.
+            loc.gap_us = max(self._gap_us, loc.confirm_us)
         self._alpha = [loc.alpha for loc in self.locs]
         self._threshold = [loc.threshold for loc in self.locs]
+        self._refresh = [loc.refresh_us for loc in self.locs]
+        self._longest_us = max((loc.departed_after_us for loc in self.locs), default=0)
         places: dict[str, dict[int, tuple[int, float, Place]]] = {}
         for (reader, antenna), place in config.places.items():
             lid = self._loc_ids[place.location]
@@ -214,7 +249,6 @@ class Engine:
         self._tick_us = max(1000, int(s.tick_s * 1e6))
         self._xr_margin = s.cross_read_margin_db
         self._xr_window_us = int(s.cross_read_window_s * 1e6)
-        self._gap_us = int(s.evidence_gap_s * 1e6)
         self._default_forget_us = max(
             (loc.forget_after_us for loc in self.locs), default=3_600_000_000
         )
@@ -229,25 +263,44 @@ class Engine:
             info = LocationInfo(name, False, None, None, DEFAULT_PROFILES["zone"])
             lid = len(self.locs)
             self._loc_ids[name] = lid
-            self.locs.append(Loc(lid, info, frozenset()))
-            self._alpha.append(self.locs[lid].alpha)
-            self._threshold.append(self.locs[lid].threshold)
+            loc = Loc(lid, info, frozenset())
+            loc.gap_us = max(self._gap_us, loc.confirm_us)
+            self.locs.append(loc)
+            self._alpha.append(loc.alpha)
+            self._threshold.append(loc.threshold)
+            self._refresh.append(loc.refresh_us)
         return lid
 
     @classmethod
     def restore(cls, states: Iterable[TagState], config: EngineConfig) -> Engine:
-        """An engine that knows where tags were before a restart (the outbox's tag states)."""
+        """An engine that knows where tags were before a restart (the outbox's tag states).
+
+        Present tags come back at their location, absent ones at the offsite location they were
+        last seen at (or nowhere), each with the time of the decision that placed it: re-fed
+        reads from before that time cannot undo it (suppressed as `stale`), so a replay from
+        resume_floor_us() neither re-announces a persisted decision nor moves a tag back.
+        Absent tags older than the longest forget_after_s (before the newest state) are not
+        restored: they would have been forgotten anyway."""
         engine = cls(config)
+        engine._catching_up = True
+        states = list(states)
+        newest = max((s.last_seen_us for s in states), default=0)
+        forget = engine._default_forget_us
         for s in states:
-            if not s.present or s.location is None:
-                continue  # absent tags carry nothing worth restoring
-            i = engine._slot(s.epc, s.last_seen_us)
-            lid = engine._loc_named(s.location)
-            if engine.locs[lid].offsite:
+            if not s.present and newest - s.last_seen_us >= forget:
                 continue
+            lid = NONE if s.location is None else engine._loc_named(s.location)
+            if s.present and (lid == NONE or engine.locs[lid].offsite):
+                continue  # not a state this engine wrote: nothing to hold on to
+            i = engine._index.get(s.epc)
+            if i is None:
+                i = engine._slot(s.epc, s.last_seen_us)
             engine._loc[i] = lid
+            engine._t_since[i] = s.last_seen_us
             engine._s_cur[i] = _NAN  # unknown: the first read after the restart sets it
             engine._t_cur[i] = s.last_seen_us
+            engine._seen[i] = s.last_seen_us
+            engine._due[i] = 0
             engine._schedule(i, s.last_seen_us)
         return engine
 
@@ -264,11 +317,15 @@ class Engine:
         return self._state(i)
 
     def _state(self, i: int) -> TagState:
+        """present + location; an absent tag keeps the offsite location it was confirmed at
+        (the `from` of its next arrival), else None."""
         epc = self._epc[i]
         assert epc is not None
-        present = self._present(i)
-        location = self.locs[self._loc[i]].name if present else None
-        return TagState(epc, present, location, self._seen[i])
+        cur = self._loc[i]
+        if cur == NONE or self._tentative[i]:
+            return TagState(epc, False, None, self._seen[i])
+        loc = self.locs[cur]
+        return TagState(epc, not loc.offsite, loc.name, self._seen[i])
 
     def _present(self, i: int) -> bool:
         cur = self._loc[i]
@@ -281,6 +338,75 @@ class Engine:
     @property
     def pending_reads(self) -> int:
         return len(self._pending)
+
+    def resume_floor_us(self) -> int | None:
+        """The earliest reader time of any read whose effect is not yet decided (waiting in the
+        reorder window, or behind a tentative estimate or a challenger that may still win), or
+        None. A source may commit its cursor past a read only when the read is older than this:
+        after a crash, reads re-fed from here rebuild exactly the evidence that was lost."""
+        floor = self._pending_floor()
+        heap = self._ev_heap
+        ev = self._ev
+        while heap:
+            t, i = heap[0]
+            if ev[i] != t:
+                heapq.heappop(heap)  # superseded or decided
+            elif self._evidence_dead(i):
+                heapq.heappop(heap)  # expired: the tag's next read starts afresh
+                self._clear_evidence(i)
+            else:
+                return t if floor is None or t < floor else floor
+        return floor
+
+    def _pending_floor(self) -> int | None:
+        pending = self._pending
+        if not pending:
+            return None
+        lo = self._p_min
+        for k in range(self._p_scanned, len(pending)):
+            t = pending[k].time_us
+            if t < lo:
+                lo = t
+        self._p_min = lo
+        self._p_scanned = len(pending)
+        return lo
+
+    def _evidence_dead(self, i: int) -> bool:
+        """No read still to come can add to this tag's evidence: its locations have not read
+        it for their evidence gap, measured up to the reads already judged."""
+        last = NEVER
+        gap = self._gap_us
+        cur = self._loc[i]
+        if cur != NONE and self._tentative[i]:
+            last = self._t_cur[i]
+            gap = self.locs[cur].gap_us
+        c = self._cand[i]
+        if c != NONE:
+            if self._t_cand[i] > last:
+                last = self._t_cand[i]
+            gap = max(gap, self.locs[c].gap_us)
+        return last == NEVER or self._judged_to - last >= gap
+
+    def _set_evidence(self, i: int, t: int) -> None:
+        """Undecided evidence of tag i starts at read time t (no later than what it holds)."""
+        ev = self._ev[i]
+        if t >= ev:
+            return
+        if ev == NO_EVIDENCE:
+            self._n_ev += 1
+        self._ev[i] = t
+        heapq.heappush(self._ev_heap, (t, i))
+
+    def _clear_evidence(self, i: int) -> None:
+        if self._ev[i] == NO_EVIDENCE:
+            return
+        self._ev[i] = NO_EVIDENCE
+        self._n_ev -= 1
+        heap = self._ev_heap
+        if len(heap) > 4 * self._n_ev + 4096:  # mostly stale entries: rebuild (amortised O(1))
+            ev = self._ev
+            self._ev_heap = [(t, j) for t, j in heap if ev[j] == t]
+            heapq.heapify(self._ev_heap)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -300,7 +426,8 @@ class Engine:
         return step
 
     def flush(self) -> Step:
-        """Judge every buffered read now (end of a replay, tests): no later read can reorder."""
+        """Judge every buffered read now (shutdown, end of a replay, tests): no later read can
+        reorder them. Undecided evidence stays undecided (resume_floor_us() still covers it)."""
         step = Step()
         if self._pending:
             self._flush(self._pending_max, step)
@@ -313,26 +440,31 @@ class Engine:
         pending.sort(key=_time_of)
         k = bisect_right(pending, cutoff, key=_time_of)
         if k == 0:
+            self._p_min = pending[0].time_us
+            self._p_scanned = len(pending)
             return
         if k == len(pending):
             ready = pending
             self._pending = []
+            self._p_min = NO_EVIDENCE
+            self._p_scanned = 0
         else:
             ready = pending[:k]
             del pending[:k]
+            self._p_min = pending[0].time_us
+            self._p_scanned = len(pending)
         late_before = self._judged_to
         self._judged_to = max(self._judged_to, cutoff)
         self._judge(ready, late_before, step)
 
     def _judge(self, reads: list[TagRead], late_before: int, step: Step) -> None:
         """The hot loop: kept flat, with locals, and allocation-free for the common read (a tag
-        read again where it already is)."""
+        read again where it already is, confirmed)."""
         suppressed = self.suppressed
         places = self._places
         index = self._index
         loc_a = self._loc
         tentative = self._tentative
-        n_cur = self._n_cur
         s_cur = self._s_cur
         t_cur = self._t_cur
         cand_a = self._cand
@@ -341,12 +473,15 @@ class Engine:
         t_lead = self._t_lead
         seen = self._seen
         alpha = self._alpha
-        threshold = self._threshold
+        locs = self.locs
         min_rssi = self._min_rssi
         margin = self._xr_margin
         xr_window = self._xr_window_us
         challenge = self._challenge
-        progress = self._tentative_progress
+        tentative_read = self._tentative_read
+        refresh_state = self._refresh_state
+        t_since = self._t_since
+        refresh = self._refresh
         last_reader: str | None = None
         antennas: dict[int, tuple[int, float, Place]] | None = None
         unknown = weak = late = cross = 0
@@ -378,31 +513,29 @@ class Engine:
             if lid != loc_a[i]:
                 challenge(i, lid, place[2], rssi, t, read, step)
                 continue
+            if tentative[i]:
+                tentative_read(i, lid, place[2], rssi, t, read, step)
+                continue
             c = cand_a[i]
             holds = True
             if c != NONE and t - t_cand[i] <= xr_window:
-                sc = s_cand[i]
-                if rssi < sc - margin:
-                    # Read far more strongly elsewhere right now: a cross-read of where it was,
-                    # not a sign it is still there.
+                # Read far more strongly elsewhere right now (a stale challenger fades): a
+                # cross-read of where it was, not a sign it is still there. It counts toward
+                # this location's level (every read does: a level fed only by the luckier
+                # reads would be biased), but does not reset the clock of the decaying offset.
+                if rssi < s_cand[i] - locs[c].fade(t - t_cand[i]) - margin:
                     cross += 1
-                    continue
-                # Weaker here than there: it counts toward this location's level, but does not
-                # reset the clock of the decaying offset (a leak does not hold a tag in place).
-                holds = rssi >= sc
+                    holds = False
             s = s_cur[i]
             s = rssi if s != s else s + alpha[lid] * (rssi - s)
             s_cur[i] = s
             if holds and t > t_cur[i]:
                 t_cur[i] = t
             if c != NONE and t_lead[i] != NEVER:
-                if s_cand[i] <= s + (0.0 if tentative[i] else threshold[lid]):
+                if s_cand[i] <= s + locs[lid].offset(t - t_cur[i]):
                     t_lead[i] = NEVER  # read strongly where it is: the challenger lost its lead
-            if tentative[i]:
-                n = n_cur[i]
-                if n < 65535:
-                    n_cur[i] = n + 1
-                progress(i, t, read.reader, place[2], step)
+            elif t - t_since[i] >= refresh[lid]:
+                refresh_state(i, t, step)
         if unknown:
             suppressed["unknown_antenna"] += unknown
         if weak:
@@ -412,33 +545,114 @@ class Engine:
         if cross:
             suppressed["cross_read"] += cross
 
+    def _refresh_state(self, i: int, t: int, step: Step) -> None:
+        """Persist a fresh last_seen_us for a tag that stays where it is (nothing pending)."""
+        if self._ev[i] != NO_EVIDENCE or not self._present(i):
+            return
+        self._t_since[i] = t  # the persisted state now dates from here (see _challenge)
+        step.states.append(self._state(i))
+
+    def _tentative_read(
+        self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
+    ) -> None:
+        """A read where the tag tentatively is (first seen, nothing announced yet)."""
+        loc = self.locs[lid]
+        if t - self._t_cur[i] > loc.gap_us:
+            # The tentative estimate went stale: a single read long ago is no evidence.
+            self._forget_estimate(i)
+            self._first_sighting(i, lid, place, rssi, t, read, step)
+            return
+        c = self._cand[i]
+        if c != NONE and t - self._t_cand[i] <= self._xr_window_us:
+            faded = self._s_cand[i] - self.locs[c].fade(t - self._t_cand[i])
+            if rssi < faded - self._xr_margin:
+                self.suppressed["cross_read"] += 1  # a leak: not evidence of being here
+                return
+        s = self._s_cur[i]
+        s = rssi if s != s else s + loc.alpha * (rssi - s)
+        self._s_cur[i] = s
+        if t > self._t_cur[i]:
+            self._t_cur[i] = t
+        if c != NONE and self._t_lead[i] != NEVER and self._s_cand[i] <= s:
+            self._t_lead[i] = NEVER
+        n = self._n_cur[i]
+        if n < 65535:
+            self._n_cur[i] = n + 1
+        self._tentative_progress(i, t, read.reader, place, step)
+
+    def _first_sighting(
+        self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
+    ) -> None:
+        """A tentative estimate, confirmed by more evidence (see _tentative_progress)."""
+        self._tentative_at(i, lid, rssi, t, 1, t)
+        self._set_evidence(i, t)
+        self._tentative_progress(i, t, read.reader, place, step)
+
+    def _forget_estimate(self, i: int) -> None:
+        """Drop an unconfirmed estimate and any challenger to it (counted)."""
+        self._drop_current_evidence(i)
+        if self._cand[i] != NONE:
+            self._drop_evidence(i, "outvoted")
+        self._loc[i] = NONE
+        self._tentative[i] = 0
+        self._n_cur[i] = 0
+        self._clear_evidence(i)
+
     def _challenge(
         self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
     ) -> None:
         """A read somewhere other than the tag's current location estimate."""
+        if t < self._t_since[i]:
+            # Older than the decision that placed the tag (reads re-fed after a restart, or a
+            # device's move): it cannot undo that decision.
+            self.suppressed["stale"] += 1
+            return
         cur = self._loc[i]
-        if cur == NONE:  # first sighting: a tentative estimate, confirmed by more evidence
-            self._tentative_at(i, lid, rssi, t, 1, t)
-            self._tentative_progress(i, t, read.reader, place, step)
+        if cur == NONE:
+            self._first_sighting(i, lid, place, rssi, t, read, step)
+            return
+        is_tentative = self._tentative[i]
+        if is_tentative and t - self._t_cur[i] > self.locs[cur].gap_us:
+            self._forget_estimate(i)  # stale, never confirmed: this read is a first sighting
+            self._first_sighting(i, lid, place, rssi, t, read, step)
             return
         s_here = self._s_cur[i]
         if s_here != s_here:  # restored after a restart: assume it was here just as strongly
             s_here = rssi
             self._s_cur[i] = rssi
             self._t_cur[i] = t
-        elif rssi < s_here - self._xr_margin and t - self._t_cur[i] <= self._xr_window_us:
+        elif (
+            not is_tentative
+            and rssi < s_here - self._xr_margin
+            and t - self._t_cur[i] <= self._xr_window_us
+        ):
+            # Far weaker than where the tag is (confirmed: a tentative level proves nothing
+            # yet, it may be a lucky cross-read itself): never evidence. When this location is
+            # already a challenger, the read still counts toward its level (else only its
+            # luckiest reads would, and a parked tag's strays would add up to a move).
+            c = self._cand[i]
+            if c == lid and t - self._t_cand[i] <= self.locs[c].gap_us:
+                sc = self._s_cand[i]
+                self._s_cand[i] = sc + self.locs[c].alpha * (rssi - sc)
             self._suppress_stray(place, read.reader, cur)
             return
+        new = self.locs[lid]
         c = self._cand[i]
-        if c != NONE and c != lid and t - self._t_cand[i] <= self._gap_us:
+        if c != NONE and c != lid and t - self._t_cand[i] <= self.locs[c].gap_us:
             # Another location is gathering evidence: this read replaces it only when it beats
-            # it as a challenger beats a current location (else cross-reads between two
-            # neighbours would keep resetting a true move's evidence).
-            if rssi <= self._s_cand[i] + self.locs[c].threshold:
+            # it as a challenger beats a current location, and only once that location has
+            # gone quiet (else cross-reads between two neighbours, or one outlier, would keep
+            # resetting a true move's evidence).
+            cl = self.locs[c]
+            fresh = t - self._t_cand[i] <= cl.holdoff_us
+            if fresh or rssi <= self._s_cand[i] + cl.threshold:
+                if rssi > self._s_cand[i]:
+                    # Not enough to take over, but stronger: the challenger is not the clear
+                    # winner it must be while its lead is timed.
+                    self._t_lead[i] = NEVER
                 self._suppress_stray(place, read.reader, c)
                 return
-        new = self.locs[lid]
-        if c != lid or t - self._t_cand[i] > self._gap_us:
+        if c != lid or t - self._t_cand[i] > new.gap_us:
             if c != NONE:
                 self._drop_evidence(i, "outvoted")
             self._cand[i] = lid
@@ -447,6 +661,7 @@ class Engine:
             self._peak[i] = rssi
             self._t_lead[i] = NEVER
             s = rssi
+            self._set_evidence(i, t)
         else:
             s = self._s_cand[i]
             s += new.alpha * (rssi - s)
@@ -456,7 +671,6 @@ class Engine:
                 self._peak[i] = rssi
         self._t_cand[i] = t
         old = self.locs[cur]
-        is_tentative = self._tentative[i]
         # A tentative estimate yields to a stronger location; a confirmed one holds by the offset
         # of its profile, decaying with the time since it last read the tag.
         # (Tentatively, the stronger location must also have been read at least as often: a
@@ -468,10 +682,15 @@ class Engine:
             losing = s <= s_here + old.offset(t - self._t_cur[i])
         if losing:
             self._t_lead[i] = NEVER
+            if not is_tentative and n >= self._min_reads:
+                # Settled for now: nothing is about to be decided from these reads, so a
+                # restart need not replay them (the challenger rebuilds from newer reads).
+                self._clear_evidence(i)
             return
         lead = self._t_lead[i]
         if lead == NEVER:
             self._t_lead[i] = lead = t
+            self._set_evidence(i, t)
         if n < self._min_reads:
             return
         if is_tentative:
@@ -492,7 +711,9 @@ class Engine:
         self._n_cur[i] = min(n, 65535)
         self._t_since[i] = t
         self._cand[i] = NONE
+        self._n_cand[i] = 0
         self._t_lead[i] = NEVER
+        self._clear_evidence(i)
         self._emit(i, old, new, t, read.reader, _via(place), observed, step)
 
     def _tentative_at(self, i: int, lid: int, s: float, t: int, n: int, since: int) -> None:
@@ -515,9 +736,13 @@ class Engine:
         since = self._t_since[i]
         if n < self._min_reads or t - since < loc.confirm_us:
             return
-        if self._cand[i] != NONE and self._t_lead[i] != NEVER:
-            return  # another location is stronger right now: not conclusive yet
+        if self._cand[i] != NONE:
+            if self._t_lead[i] != NEVER or self._s_cand[i] > self._s_cur[i]:
+                return  # another location is stronger right now: not conclusive yet
+            self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending
         self._tentative[i] = 0
+        self._t_since[i] = t
+        self._clear_evidence(i)
         observed = Observed(n, float(self._s_cur[i]), since, t)
         self._emit(i, None, loc, t, source, _via(place), observed, step)
 
@@ -535,12 +760,15 @@ class Engine:
             self.suppressed["stray"] += 1
 
     def _drop_evidence(self, i: int, reason: str) -> None:
+        """Drop the challenger (counted); a confirmed tag then holds nothing undecided."""
         n = self._n_cand[i]
         if n:
             self.suppressed["single" if n < self._min_reads else reason] += n
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
+        if not self._tentative[i]:
+            self._clear_evidence(i)
 
     def _emit(
         self,
@@ -553,13 +781,17 @@ class Engine:
         observed: Observed | None,
         step: Step,
     ) -> None:
+        """A decision: its movement (if the spine's semantics make one) and the tag's new state
+        (always: an offsite sighting is the `from` of a later arrival, and a restart must know
+        it)."""
         kind = transition_kind(old, new)
-        if kind is None:
-            return
         epc = self._epc[i]
         assert epc is not None
-        step.movements.append(make_movement(kind, epc, old, new, time_us, source, via, observed))
-        self.movement_counts[kind] += 1
+        if kind is not None:
+            step.movements.append(
+                make_movement(kind, epc, old, new, time_us, source, via, observed)
+            )
+            self.movement_counts[kind] += 1
         step.states.append(self._state(i))
         self._schedule(i, self._seen[i])
 
@@ -586,6 +818,7 @@ class Engine:
             self._peak[i] = _NAN
             self._seen[i] = t
             self._due[i] = 0
+            self._ev[i] = NO_EVIDENCE
         else:
             i = len(self._epc)
             self._epc.append(epc)
@@ -603,6 +836,7 @@ class Engine:
             self._peak.append(_NAN)
             self._seen.append(t)
             self._due.append(0)
+            self._ev.append(NO_EVIDENCE)
         self._index[epc] = i
         self._schedule(i, t)
         return i
@@ -611,6 +845,7 @@ class Engine:
         epc = self._epc[i]
         if epc is not None:
             del self._index[epc]
+        self._clear_evidence(i)
         self._epc[i] = None
         self._due[i] = 0
         self._loc[i] = NONE
@@ -651,6 +886,8 @@ class Engine:
         reorder window; buffered reads are judged once no newer read came for a window."""
         step = Step()
         horizon = now_us - self._window_us
+        if self._catching_up and self._still_catching_up(horizon):
+            return step
         if self._pending_max != self._max_at_tick:
             self._max_at_tick = self._pending_max
             self._quiet_since = now_us
@@ -668,6 +905,13 @@ class Engine:
                     self._check_absence(i, horizon, step)
         return step
 
+    def _still_catching_up(self, horizon: int) -> bool:
+        if self._resume_at is None:
+            self._resume_at = horizon
+        if self._judged_to >= self._resume_at or horizon - self._resume_at >= self._longest_us:
+            self._catching_up = False
+        return self._catching_up
+
     def _check_absence(self, i: int, horizon: int, step: Step) -> None:
         seen = self._seen[i]
         cur = self._loc[i]
@@ -675,8 +919,9 @@ class Engine:
             loc = self.locs[cur]
             after = loc.departed_after_us
             if after and horizon - seen >= after:
-                self._loc[i] = NONE
                 self._drop_evidence(i, "outvoted")
+                self._loc[i] = NONE
+                self._t_since[i] = seen
                 self._emit(i, loc, None, seen, "engine", None, None, step)
                 return
             self._schedule(i, seen if after else horizon)
@@ -707,6 +952,8 @@ class Engine:
         if self._cand[i] != NONE:
             self._drop_evidence(i, "outvoted")
         self._tentative[i] = 0
+        self._clear_evidence(i)
+        self._t_since[i] = t
         if movement.type == "departed" or movement.to is None:
             self._loc[i] = NONE if movement.to is None else self._loc_named(movement.to)
         else:
