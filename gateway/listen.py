@@ -119,6 +119,11 @@ class Listener:
         client.subscribe([(t, 1) for t in self.topics()])
         self.connected.set()
 
+    def on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        self.report({"event": "subscribed", "topics": self.topics()})
+
     def on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             obj = json.loads(message.payload)
@@ -197,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     client.on_connect = listener.on_connect
     client.on_message = listener.on_message
+    client.on_subscribe = listener.on_subscribe
     if url.scheme in ("mqtts", "ssl"):
         client.tls_set(ca_certs=args.ca_file)
     props = None

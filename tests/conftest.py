@@ -267,6 +267,9 @@ class ListenProcess:
             stderr=self.err,
         )
 
+    def wait_subscribed(self, timeout: float = 30) -> None:
+        wait_for(lambda: any(e.get("event") == "subscribed" for e in self.stderr_events()), timeout)
+
     def lines(self) -> list[dict[str, Any]]:
         text = self.out_path.read_text()
         return [json.loads(line) for line in text.splitlines() if line.strip()]

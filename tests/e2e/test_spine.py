@@ -207,16 +207,21 @@ def test_outbox_full_publishes_a_dropped_notice(tmp_path: Path, broker: Broker) 
             outbox='max_bytes = "20KB"\nwhen_full = "drop_oldest"',
         )
     )
-    broker.stop()
+    # The IMS listens throughout; the broker is paused (SIGSTOP) so the gateway cannot connect
+    # and its outbox overflows, then resumed: what was kept and what was announced lost arrive.
+    listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements,dropped")
+    listen.wait_subscribed()
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
     gw = fc_edge("run", "-c", str(conf))
     try:
-        wait_for(lambda: outbox_depth(tmp_path / "state") > 0, 20)
-        time.sleep(3)  # all 300 arrivals made; most dropped
-        broker.start()
-        listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements,dropped")
+        wait_for(lambda: outbox_depth(tmp_path / "state") > 0, 30)
+        time.sleep(4)  # all 300 arrivals made; most dropped
+        broker.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: any(m.get("type") == "dropped" for m in listen.lines()), 30)
         time.sleep(2)
     finally:
+        broker.proc.send_signal(signal.SIGCONT)
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(20) == 0
     listen.stop()
