@@ -251,7 +251,9 @@ def fc_edge(*args: str, **kw: Any) -> subprocess.Popen[bytes]:
 class ListenProcess:
     """`fc-edge listen` writing its stdout to a file we can read while it runs."""
 
-    def __init__(self, workdir: Path, broker_url: str, site: str = "S1", *args: str) -> None:
+    def __init__(
+        self, workdir: Path, broker_url: str, site: str = "S1", *args: str, wait: bool = True
+    ) -> None:
         self.out_path = workdir / f"listen-{time.monotonic_ns()}.jsonl"
         self.err_path = self.out_path.with_suffix(".err")
         self.out = open(self.out_path, "wb")  # noqa: SIM115
@@ -266,6 +268,8 @@ class ListenProcess:
             stdout=self.out,
             stderr=self.err,
         )
+        if wait:  # a QoS 1 message published before the subscription exists is not ours
+            self.wait_subscribed()
 
     def wait_subscribed(self, timeout: float = 30) -> None:
         wait_for(lambda: any(e.get("event") == "subscribed" for e in self.stderr_events()), timeout)
