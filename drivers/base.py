@@ -93,8 +93,10 @@ class Driver(ABC):
 
     #: The dataclass of this driver's own config keys (validated by gateway.config).
     Options: ClassVar[type]
-    #: "reader" drivers need [readers.antennas]; "equipment" drivers sit under [[equipment]].
-    kind: ClassVar[Literal["reader", "equipment"]] = "reader"
+    #: "reader" drivers need [readers.antennas]; a "handheld" sits under [[readers]] without
+    #: antennas (where it is comes from the location label it scans); "equipment" drivers sit
+    #: under [[equipment]].
+    kind: ClassVar[Literal["reader", "handheld", "equipment"]] = "reader"
 
     def __init__(self, device: DeviceSettings, sink: Sink) -> None:
         self.device = device

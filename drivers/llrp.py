@@ -48,6 +48,7 @@ from sllurp.llrp import (
     LLRPReaderConfig,
     LLRPReaderState,
 )
+from sllurp.llrp_errors import ReaderConfigurationError
 
 from drivers.base import Backoff, Driver
 from gateway.confschema import duration
@@ -214,7 +215,22 @@ class _Client(LLRPReaderClient):
                 start += length
                 before = self._decoded
                 # sllurp decodes, runs its state machine and our callbacks.
-                super().raw_data_received(frame)
+                try:
+                    super().raw_data_received(frame)
+                except (ReaderConfigurationError, OSError):
+                    raise  # sllurp's main loop handles these (abort / connection lost)
+                except Exception as exc:
+                    if self._decoded != before:
+                        raise  # decoded, then sllurp's state machine failed: thread_died
+                    # sllurp catches only LLRPError; its decoders also raise struct.error,
+                    # IndexError, ... on a truncated parameter (found by tests/fuzz), which
+                    # would kill its thread. Such a frame costs itself only.
+                    self._on_frame_error(
+                        f"undecodable frame of type {ver_type & 0x3FF} "
+                        f"({type(exc).__name__}: {exc})",
+                        False,
+                    )
+                    continue
                 if self._decoded == before:
                     self._on_frame_error(f"undecodable frame of type {ver_type & 0x3FF}", False)
         finally:

@@ -383,7 +383,7 @@ class SessionEnded(Exception):
 
 
 class TSLDriver(Driver):
-    kind = "reader"
+    kind = "handheld"
 
     @dataclass(frozen=True, slots=True)
     class Options:

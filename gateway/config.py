@@ -310,6 +310,10 @@ def build_devices(raw: Any, path: str, errors: Errors, base_dir: str) -> tuple[D
         except ImportError as exc:
             errors.add(join(here, "driver"), f"driver {driver!r} cannot load: {exc}")
             continue
+        if (cls.kind == "equipment") != (path == "equipment"):
+            where = "[[equipment]]" if cls.kind == "equipment" else "[[readers]]"
+            errors.add(join(here, "driver"), f"driver {driver!r} belongs under {where}")
+            continue
         antennas: Mapping[int, AntennaSettings] = {}
         if cls.kind == "reader":
             if antennas_raw is None:
@@ -317,7 +321,7 @@ def build_devices(raw: Any, path: str, errors: Errors, base_dir: str) -> tuple[D
             else:
                 antennas = build_antennas(antennas_raw, join(here, "antennas"), errors)
         elif antennas_raw is not None:
-            errors.add(join(here, "antennas"), f"driver {driver!r} has no antennas")
+            errors.add(join(here, "antennas"), f"driver {driver!r} has no fixed antennas")
         options = build(cls.Options, entry, here, errors)
         if options is not None and isinstance(name, str) and name:
             device = DeviceSettings(name, driver, antennas, options, base_dir)

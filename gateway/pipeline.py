@@ -369,7 +369,7 @@ class Pipeline:
             batch.messages.append(Outgoing("counts", "counts", body))
         if self.publisher is not None:
             for body in out.find:
-                self.publisher.publish_volatile("find", body)
+                self.publisher.publish_volatile(f"find/{device}", body)
         driver = self.drivers.get(device)
         alert = getattr(driver, "alert", None)
         for kind in out.feedback:

@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Any
 
+from simulators.scenario import find_scenario
 from simulators.tsl.reader import SimulatedReader
 from simulators.tsl.scenario import ScenarioError, ScenarioRunner, load
 from simulators.tsl.transport import PtyTransport, TcpTransport, Transport
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        scenario = load(args.scenario)
+        scenario = load(find_scenario(args.scenario))  # a path or a bundled name
     except ScenarioError as exc:
         print(f"fc-edge simulate tsl: {exc}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ def parse(data: bytes, chunk: int | None = None) -> tuple[list[Item], Counter[st
     else:
         for i in range(0, len(data), chunk):
             items += parser.feed(data[i : i + chunk])
+    items += parser.reset()  # the stream ends: what complete lines said is delivered
     return items, errors
 
 
@@ -207,7 +208,10 @@ FAST = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthC
 FAST_BLOCKS = settings(
     max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-SLOW = settings(max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
+# Sized for `make test-slow`'s 40-minute budget on 2 cores (a valid-looking stream costs ~30 ms
+# to generate); tools/fuzz.py runs far more by hand (docs/reliability.md).
+SLOW_BYTES = settings(max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
+SLOW_BLOCKS = settings(max_examples=2_000, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def check_random_bytes(data: bytes, chunk: int) -> None:
@@ -222,11 +226,12 @@ def check_valid_looking(stream: tuple[bytes, int, int], chunk: int) -> None:
     data, good, junk = stream
     items, errors = parse(data, chunk)
     tags = [i for i in items if isinstance(i, TagSeen)]
-    assert len(tags) == good  # every good transponder delivered
-    # every junk line rejected and counted (some junk happens to be a valid line: then it
-    # is an item, not an error, and is counted on neither side)
+    # Every good transponder is delivered; a junk line that happens to be a valid EP: line
+    # between blocks is a (bogus but well-formed) read of its own.
+    assert good <= len(tags) <= good + junk
+    # A junk line costs at most two counted rejections: itself, and the block it leaves open.
     rejected = sum(n for kind, n in errors.items() if kind != "noise_bytes")
-    assert rejected <= junk + good  # a junk line can spoil at most itself
+    assert rejected <= 2 * junk
     blocks = [i for i in items if isinstance(i, BlockDone)]
     assert len(blocks) >= data.count(b"OK:\r\n") - junk
 
@@ -269,16 +274,18 @@ def test_fuzz_every_bad_line_is_counted(
 
 
 @pytest.mark.slow
-@SLOW
+@pytest.mark.timeout(1800)
+@SLOW_BYTES
 @given(st.binary(max_size=2000), st.integers(1, 64))
-def test_fuzz_random_bytes_100k(data: bytes, chunk: int) -> None:
+def test_fuzz_random_bytes_many(data: bytes, chunk: int) -> None:
     check_random_bytes(data, chunk)
 
 
 @pytest.mark.slow
-@SLOW
+@pytest.mark.timeout(1800)
+@SLOW_BLOCKS
 @given(valid_looking_stream(), st.integers(1, 64))
-def test_fuzz_valid_looking_blocks_100k(stream: tuple[bytes, int, int], chunk: int) -> None:
+def test_fuzz_valid_looking_blocks_many(stream: tuple[bytes, int, int], chunk: int) -> None:
     check_valid_looking(stream, chunk)
 
 
