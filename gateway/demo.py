@@ -458,7 +458,6 @@ def merge_config(
                 "workflow": "count",
                 "allowed_locations": [COUNTED_LOCATION],
                 "response_timeout_s": 5,
-                "antennas": {"1": {"location": COUNTED_LOCATION, "read_point": HANDHELD}},
             }
         )
     return raw

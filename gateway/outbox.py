@@ -366,6 +366,19 @@ class Outbox:
         self._depth -= deleted
         self.acked += deleted
 
+    def prune_tag_states(self, absent_before_us: int) -> int:
+        """Forget absent tags last seen before this time (the engine forgot them too);
+        present tags are kept however old: they are stock."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            cur = self.conn.execute(
+                "DELETE FROM tag_states WHERE present = 0 AND last_seen_us < ?", (absent_before_us,)
+            )
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: prune failed: {exc}") from exc
+        return int(cur.rowcount)
+
     def pending(self) -> int:
         """Messages not yet handed to the publisher."""
         row = self.conn.execute(

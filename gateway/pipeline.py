@@ -501,14 +501,34 @@ class Pipeline:
         ingest loop makes progress (a wedged pipeline gets restarted by systemd)."""
         watchdog_s = sdnotify.watchdog_interval_s()
         last_watchdog = 0.0
+        last_prune = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             self._notify_status()
+            if time.monotonic() - last_prune > 600:
+                last_prune = time.monotonic()
+                await self._prune_forgotten_tags()
             now = time.monotonic()
             progressing = now - self.last_progress < 5
             if watchdog_s is not None and progressing and now - last_watchdog >= watchdog_s:
                 sdnotify.notify("WATCHDOG=1")
                 last_watchdog = now
+
+    async def _prune_forgotten_tags(self) -> None:
+        """Absent tags older than the longest forget_after_s are gone from the engine: drop
+        their persisted states too, so the table does not grow without bound."""
+        if self.outbox is None:
+            return
+        forget_s = max(
+            (
+                loc.profile.forget_after_s
+                for loc in EngineConfig.from_settings(self.settings).locations.values()
+            ),
+            default=3600.0,
+        )
+        removed = await self._db(self.outbox.prune_tag_states, now_us() - int(forget_s * 1e6))
+        if removed:
+            log.info("forgot %d absent tags", removed)
 
     def _notify_status(self) -> None:
         sdnotify.notify(f"STATUS={self.status_line()}")

@@ -320,7 +320,6 @@ def test_config_checks_location_refs() -> None:
             {
                 "name": "hh-1",
                 "driver": "tsl",
-                "antennas": {"1": {"location": "SHELF-A1"}},
                 "port": "/dev/rfcomm0",
                 "allowed_locations": ["SHELF-A1", "SHELF-ZZ"],
                 "count_window_s": 30,

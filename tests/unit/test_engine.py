@@ -123,7 +123,8 @@ def test_turning_back_inside_a_portal_is_no_crossing() -> None:
     reads = reads_at("dock", 1, 0, 5) + reads_at("dock", 1, 5, 7, rssi=-52)
     reads += reads_at("dock", 2, 5.5, 6.5, rssi=-56) + reads_at("dock", 1, 7, 15)
     assert run(engine, reads, 15) == []
-    assert engine.state_of(EPC) == TagState(EPC, False, None, reads[-1].time_us)
+    # Absent, but known to be in the yard: the `from` of a later arrival.
+    assert engine.state_of(EPC) == TagState(EPC, False, "YARD", reads[-1].time_us)
 
 
 def test_seen_on_the_inside_only_is_an_arrival_from_nowhere() -> None:
@@ -145,7 +146,7 @@ def test_outbound_departs_at_once_with_the_trailers_shipping_meaning() -> None:
         "ship-door",
     )
     assert secs(departed) < 10.0  # at once, not after an absence
-    assert engine.state_of(EPC) == TagState(EPC, False, None, reads[-1].time_us)
+    assert engine.state_of(EPC) == TagState(EPC, False, "TRAILER", reads[-1].time_us)
 
 
 def test_moved_between_zones_and_departed_by_absence_then_forgotten() -> None:
@@ -341,3 +342,158 @@ def test_weaker_cross_reads_never_move_a_tag_that_is_read_where_it_is(data: st.D
             reads.append(TagRead(EPC, "zones", 2, weaker, T0 + t + 1))
     moves = engine.feed(reads).movements + engine.flush().movements
     assert [(m.type, m.to) for m in moves] in ([], [("arrived", "A")])
+
+
+# --- crash and resume -------------------------------------------------------------------------
+
+CRASH_BATCH_S = 0.5
+
+
+def _noisy(
+    rng: random.Random,
+    reader: str,
+    antenna: int,
+    start_s: float,
+    end_s: float,
+    epc: str,
+    rssi: float = -52.0,
+    rate: float = 0.8,
+) -> list[TagRead]:
+    """Reads in 100 ms rounds with a read rate and 3 dB of noise."""
+    out = []
+    for k in range(round((end_s - start_s) / 0.1)):
+        if rng.random() < rate:
+            t = start_s + k * 0.1 + rng.uniform(0, 0.1)
+            out.append(TagRead(epc, reader, antenna, rssi + rng.gauss(0, 3), T0 + round(t * 1e6)))
+    return out
+
+
+def _story() -> list[TagRead]:
+    """Five tags, every kind of decision: a parked tag with cross-reads and strays, an inbound
+    crossing then a move then a departure by absence, a ship-door departure, a single read,
+    and a tag that departs by absence and comes back."""
+    rng = random.Random(11)
+    parked, inbound, shipped, single, back = (f"30740000000000000000000{k}" for k in range(5))
+    reads = _noisy(rng, "zones", 1, 0, 60, parked)
+    reads += _noisy(rng, "zones", 2, 0, 60, parked, rssi=-60, rate=0.25)  # cross-reads
+    reads += _noisy(rng, "dock", 1, 0, 60, parked, rssi=-64, rate=0.05)  # strays
+    reads += _noisy(rng, "dock", 2, 0, 60, parked, rssi=-64, rate=0.05)
+    reads += _noisy(rng, "dock", 1, 2, 10.4, inbound) + _noisy(rng, "dock", 2, 9.6, 25, inbound)
+    reads += _noisy(rng, "zones", 1, 25.5, 40, inbound)
+    reads += _noisy(rng, "ship", 2, 3, 17.4, shipped) + _noisy(rng, "ship", 1, 16.6, 30, shipped)
+    reads += [TagRead(single, "zones", 2, -50.0, T0 + 20_000_000)]
+    reads += _noisy(rng, "zones", 2, 5, 10, back) + _noisy(rng, "zones", 2, 50, 60, back)
+    return sorted(reads, key=lambda r: r.time_us)
+
+
+class _Run:
+    """Drive an engine batch by batch like the pipeline: feed, tick, then release the source
+    cursors (a batch index here) older than resume_floor_us(); commit moves + states."""
+
+    def __init__(self, engine: Engine, batches: list[list[TagRead]], start: int = 0) -> None:
+        self.engine = engine
+        self.moves: list[Movement] = []
+        self.states: dict[str, TagState] = {}
+        self.cursor = start - 1  # last batch whose reads need never be re-fed
+        self.history: list[tuple[int, int, dict[str, TagState]]] = []  # per batch, committed
+        checkpoints: list[tuple[int, int]] = []
+        for k in range(start, len(batches)):
+            batch = batches[k]
+            self._take(engine.feed(batch))
+            self._take(engine.tick(T0 + round((k + 1) * CRASH_BATCH_S * 1e6)))
+            if batch:
+                checkpoints.append((max(r.time_us for r in batch), k))
+            floor = engine.resume_floor_us()
+            while checkpoints and (floor is None or checkpoints[0][0] < floor):
+                self.cursor = checkpoints.pop(0)[1]
+            self.history.append((len(self.moves), self.cursor, dict(self.states)))
+        self._take(engine.flush())  # the pipeline's shutdown
+
+    def _take(self, step: Step) -> None:
+        self.moves += step.movements
+        for state in step.states:
+            assert state.last_seen_us > T0 - 1, state
+            self.states[state.epc] = state
+
+
+def _keys(moves: Iterable[Movement]) -> list[tuple[str, str | None, str | None, str | None]]:
+    return sorted((m.type, m.epc, m.from_, m.to) for m in moves)
+
+
+def test_a_crash_at_any_batch_boundary_loses_nothing_and_repeats_nothing() -> None:
+    reads = _story()
+    n = round(120 / CRASH_BATCH_S)  # 60 s of reads, then long enough for every departure
+    batches: list[list[TagRead]] = [[] for _ in range(n)]
+    for r in reads:
+        batches[int((r.time_us - T0) / 1e6 / CRASH_BATCH_S)].append(r)
+    whole = _Run(Engine(site()), batches)
+    expected = _keys(whole.moves)
+    assert [(t, f, to) for t, _, f, to in expected].count(("arrived", "YARD", "DOCK")) == 1
+    assert len(expected) == 11, expected  # P x2, X x3, Y x2, W x4 (arrive and depart, each)
+    with_reads = [k for k, batch in enumerate(batches) if batch]
+    lag = [max(j for j in with_reads if j <= k) - c for k, (_, c, _) in enumerate(whole.history)]
+    assert max(lag) <= 10, "the cursor trails the reads by a few seconds at most"
+    for k, (n_moves, cursor, states) in enumerate(whole.history):
+        restarted = _Run(Engine.restore(states.values(), site()), batches, start=cursor + 1)
+        got = _keys(whole.moves[:n_moves] + restarted.moves)
+        assert got == expected, f"crash after batch {k} (cursor {cursor})"
+
+
+def test_resume_floor_covers_waiting_reads_and_undecided_evidence() -> None:
+    engine = Engine(site())
+    assert engine.resume_floor_us() is None
+    first = reads_at("zones", 1, 1, 1.3)  # 3 reads: judged later, tentative
+    engine.feed(first)
+    assert engine.resume_floor_us() == first[0].time_us  # waiting in the reorder window
+    engine.feed(reads_at("zones", 2, 2, 2.1, epc="AA" * 12))  # pushes the window on
+    assert engine.pending_reads < 4
+    assert engine.resume_floor_us() == first[0].time_us  # judged, but a tentative sighting
+    moves = engine.feed(reads_at("zones", 1, 1.3, 3)).movements + engine.flush().movements
+    assert kinds(moves) == [("arrived", None, "A")]
+    # Decided; what remains is the other tag's single read, until its evidence expires.
+    assert engine.resume_floor_us() == T0 + 2_000_000
+    engine.feed([TagRead(EPC, "zones", 1, -50, T0 + 9_000_000)])
+    engine.flush()
+    assert engine.resume_floor_us() is None
+    assert engine.state_of("AA" * 12).present is False  # type: ignore[union-attr]
+
+
+def test_a_restored_departed_tag_does_not_rearrive_on_its_old_reads() -> None:
+    engine = Engine(site())
+    reads = reads_at("zones", 2, 0, 5)
+    moves = run(engine, reads, 40)
+    assert kinds(moves) == [("arrived", None, "B"), ("departed", "B", None)]
+    persisted = engine.state_of(EPC)
+    assert persisted == TagState(EPC, False, None, reads[-1].time_us)
+    restarted = Engine.restore([persisted], site())
+    assert run(restarted, reads, 40) == []  # re-fed from an old cursor: nothing again
+    assert restarted.suppressed["stale"] > 0
+    assert kinds(run(restarted, reads_at("zones", 2, 50, 55), 55)) == [("arrived", None, "B")]
+
+
+def test_a_restored_tag_is_not_judged_absent_before_the_reads_catch_up() -> None:
+    """The persisted last_seen_us may be old (the time of the last decision); after a restart
+    the re-fed reads arrive behind the gateway clock. No departure until they caught up."""
+    engine = Engine.restore([TagState(EPC, True, "A", T0)], site())
+    moves: list[Movement] = []
+    reads = reads_at("zones", 1, 100, 110)
+    for k in range(0, len(reads), 10):  # the gateway clock runs 5 s ahead of the replay
+        moves += engine.feed(reads[k : k + 10]).movements
+        moves += engine.tick(reads[k].time_us + 5_000_000).movements
+    assert moves == []
+    state = engine.state_of(EPC)
+    assert state is not None and (state.present, state.location) == (True, "A")
+
+
+def test_a_stationary_tag_refreshes_its_persisted_last_seen() -> None:
+    engine = Engine(site())
+    states: list[TagState] = []
+    reads = reads_at("zones", 1, 0, 60, every_s=0.5)
+    for k in range(0, len(reads), 4):
+        states += engine.feed(reads[k : k + 4]).states
+    states += engine.flush().states
+    assert [s.present and s.location == "A" for s in states] == [True] * len(states)
+    gaps = [
+        (b.last_seen_us - a.last_seen_us) / 1e6 for a, b in zip(states, states[1:], strict=False)
+    ]
+    assert len(states) >= 4 and max(gaps) <= 15.5  # half the zone's departed_after_s

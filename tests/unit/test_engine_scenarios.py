@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.bench_engine import accuracy_of, shipped_scenarios
+from gateway.bench_engine import accuracy_of, harsh_variant, shipped_scenarios
 
 SHIPPED = shipped_scenarios()
 
@@ -43,11 +43,29 @@ def test_noise_free_scenarios_are_exact(path: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_scenarios_beat_both_baselines(path: Path) -> None:
-    result = accuracy_of(path)
+    result = accuracy_of(path)  # the chosen tolerance: the scenario's longest step (>= 2 s)
     engine = result["engine"]
     assert engine["parked_false_moves"] == 0
-    # Measured: 1.0 on conveyor, ship-door and store-floor; 0.9875 on dock-receive and 0.96 on
-    # noisy (late or early by a little more than the 2 s tolerance), see docs/engine.md.
-    assert engine["precision"] >= 0.95 and engine["recall"] >= 0.95, engine
+    assert engine["precision"] >= 0.999 and engine["recall"] >= 0.999, engine
     for baseline in ("last_antenna_wins", "edgex"):
         assert engine["f1"] >= result[baseline]["f1"], (baseline, result[baseline]["f1"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_harsher_unseen_variants_never_move_a_parked_tag(
+    path: Path, seed: int, tmp_path: Path
+) -> None:
+    """Read rate 0.6-0.9, sigma 3-5 dB, cross-reads, strays, and tags parked next to every
+    portal, with noise seeds never used while the rules were written."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    variant = tmp_path / path.name
+    variant.write_text(json.dumps(harsh_variant(raw, seed)), encoding="utf-8")
+    result = accuracy_of(variant, runners=("engine",))["engine"]
+    # Measured (docs/engine.md): parked tags never move once confirmed; the residual is a
+    # parked tag first *sighted* at a neighbour antenna of its reader (a cross-read in its first
+    # second) and corrected 2-3 s later: 2 such on noisy seed 13, none elsewhere. Conveyor
+    # variants lose recall to timing (2 s steps, moves decided 2-4 s after the step's end).
+    assert result["parked_false_moves"] <= 2, result
+    assert result["precision"] >= 0.8 and result["recall"] >= 0.8, result

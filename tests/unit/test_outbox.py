@@ -130,3 +130,17 @@ def test_unwritable_location_is_refused_clearly(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(OutboxError, match="cannot be created"):
         Outbox(blocker / "o.db")
+
+
+def test_prune_forgets_only_absent_old_tags(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.commit(
+        [],
+        [
+            TagState("OLD-ABSENT", False, "YARD", 10),
+            TagState("NEW-ABSENT", False, None, 1000),
+            TagState("OLD-PRESENT", True, "DOCK", 10),
+        ],
+    )
+    assert box.prune_tag_states(absent_before_us=500) == 1
+    assert {s.epc for s in box.tag_states()} == {"NEW-ABSENT", "OLD-PRESENT"}
