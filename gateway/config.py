@@ -302,6 +302,9 @@ def build_devices(raw: Any, path: str, errors: Errors, base_dir: str) -> tuple[D
         if driver is None:
             errors.add(join(here, "driver"), "missing required key")
             continue
+        if not isinstance(driver, str):
+            errors.add(join(here, "driver"), "expected a string")
+            continue
         try:
             cls = driver_class(driver)
         except UnknownDriver as exc:

@@ -50,12 +50,13 @@ def build(cls: type, raw: Any, path: str, errors: Errors) -> Any:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     keys = {key_of(f): f for f in fields.values()}
+    ok = True
     for key in raw:
         if key not in keys:
             close = ", ".join(sorted(keys))
             errors.add(join(path, key), f"unknown key (allowed here: {close})")
+            ok = False  # a typo must never be silently ignored (e.g. a misspelt ca_file)
     values: dict[str, Any] = {}
-    ok = True
     for key, f in keys.items():
         sub = join(path, key)
         if key not in raw:
@@ -102,6 +103,9 @@ def convert(tp: Any, value: Any, path: str, errors: Errors) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        real = [option for option in options if option is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own errors, with their own keys
+            return convert(real[0], value, path, errors)
         trial = Errors()
         for option in options:
             if option is type(None):

@@ -156,7 +156,7 @@ def decode_epc(epc_hex: str) -> dict[str, Any] | None:
     else:
         try:
             item["gs1_key"] = tag.gs1_key()
-        except Exception:  # some schemes (e.g. GID) have no GS1 key
+        except Exception:  # noqa: S110 (some EPC schemes, e.g. GID, have no GS1 key)
             pass
     return item
 

@@ -157,10 +157,16 @@ class Publisher:
                 self._stop.wait(backoff.next_delay())
                 continue
             started = time.monotonic()
+            connects_before = self.connects
             while not self._stop.is_set():
                 rc = self.client.loop(timeout=0.05)
                 self._deliver_acks()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    if self.connects == connects_before:  # e.g. TLS 1.3 client cert refused
+                        self._note_failure(
+                            f"connection to {host}:{port} closed before CONNACK: "
+                            f"{mqtt.error_string(rc)}"
+                        )
                     break
             if self._stop.is_set():
                 # let the DISCONNECT go out

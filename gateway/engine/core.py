@@ -232,9 +232,7 @@ class Engine:
             # Evidence expires when its location has not read the tag for this long; a slow
             # profile (a shelf) keeps it at least for its confirmation time.
             loc.gap_us = max(self._gap_us, loc.confirm_us)
-        self._alpha = [loc.alpha for loc in self.locs]
-        self._threshold = [loc.threshold for loc in self.locs]
-        self._refresh = [loc.refresh_us for loc in self.locs]
+        self._per_location_lists()
         self._longest_us = max((loc.departed_after_us for loc in self.locs), default=0)
         places: dict[str, dict[int, tuple[int, float, Place]]] = {}
         for (reader, antenna), place in config.places.items():
@@ -253,6 +251,18 @@ class Engine:
             (loc.forget_after_us for loc in self.locs), default=3_600_000_000
         )
 
+    def _per_location_lists(self) -> None:
+        """The numbers the hot loop needs, by location id (a list index beats an attribute)."""
+        locs = self.locs
+        self._alpha = [loc.alpha for loc in locs]
+        self._threshold = [loc.threshold for loc in locs]
+        self._refresh = [loc.refresh_us for loc in locs]
+        self._holdoff = [loc.holdoff_us for loc in locs]
+        self._decay = [loc.decay_per_us for loc in locs]
+        self._floor = [loc.floor for loc in locs]
+        # The name a present tag's state carries there; None at an offsite location (no refresh)
+        self._present_state = [None if loc.offsite else loc.name for loc in locs]
+
     def _loc_named(self, name: str) -> int:
         """The id of a location, registering one the config no longer has (a restored state, a
         device's move) as a plain zone so its tags are kept, not forgotten."""
@@ -266,9 +276,7 @@ class Engine:
             loc = Loc(lid, info, frozenset())
             loc.gap_us = max(self._gap_us, loc.confirm_us)
             self.locs.append(loc)
-            self._alpha.append(loc.alpha)
-            self._threshold.append(loc.threshold)
-            self._refresh.append(loc.refresh_us)
+            self._per_location_lists()
         return lid
 
     @classmethod
@@ -458,9 +466,9 @@ class Engine:
         self._judge(ready, late_before, step)
 
     def _judge(self, reads: list[TagRead], late_before: int, step: Step) -> None:
-        """The hot loop: kept flat, with locals, and allocation-free for the common read (a tag
-        read again where it already is, confirmed)."""
-        suppressed = self.suppressed
+        """The hot loop: kept flat, with locals, no method calls and no allocation for the
+        common read (a confirmed tag read again where it is). Everything else goes to the slow
+        paths below, which hold the rules; this loop only repeats the rules of that one case."""
         places = self._places
         index = self._index
         loc_a = self._loc
@@ -471,42 +479,54 @@ class Engine:
         s_cand = self._s_cand
         t_cand = self._t_cand
         t_lead = self._t_lead
+        t_since = self._t_since
         seen = self._seen
+        ev = self._ev
         alpha = self._alpha
-        locs = self.locs
+        refresh = self._refresh
+        holdoff = self._holdoff
+        decay = self._decay
+        threshold = self._threshold
+        floor_db = self._floor
+        present_state = self._present_state
+        epcs = self._epc
+        states = step.states
         min_rssi = self._min_rssi
         margin = self._xr_margin
         xr_window = self._xr_window_us
         challenge = self._challenge
         tentative_read = self._tentative_read
-        refresh_state = self._refresh_state
-        t_since = self._t_since
-        refresh = self._refresh
+        slot = self._slot
+        no_antennas: dict[int, tuple[int, float, Place]] = {}
         last_reader: str | None = None
-        antennas: dict[int, tuple[int, float, Place]] | None = None
+        antennas = no_antennas
         unknown = weak = late = cross = 0
         for read in reads:
             reader = read.reader
             if reader is not last_reader:
-                antennas = places.get(reader)
+                antennas = places.get(reader, no_antennas)
                 last_reader = reader
-            place = antennas.get(read.antenna) if antennas is not None else None
-            if place is None:
+            try:
+                place = antennas[read.antenna]
+            except KeyError:
                 unknown += 1
                 continue
             lid = place[0]
             rssi = read.rssi + place[1]
             t = read.time_us
-            i = index.get(read.epc)
-            if rssi < min_rssi:
-                weak += 1
-                if i is not None and t > seen[i]:
+            try:
+                i = index[read.epc]
+            except KeyError:
+                if rssi < min_rssi:
+                    weak += 1
+                    continue
+                i = slot(read.epc, t)
+            else:
+                if t > seen[i]:
                     seen[i] = t
-                continue
-            if i is None:
-                i = self._slot(read.epc, t)
-            elif t > seen[i]:
-                seen[i] = t
+                if rssi < min_rssi:
+                    weak += 1
+                    continue
             if t <= late_before:
                 late += 1
                 continue
@@ -516,26 +536,50 @@ class Engine:
             if tentative[i]:
                 tentative_read(i, lid, place[2], rssi, t, read, step)
                 continue
+            s = s_cur[i]
+            s = rssi if s != s else s + alpha[lid] * (rssi - s)
+            s_cur[i] = s
             c = cand_a[i]
-            holds = True
-            if c != NONE and t - t_cand[i] <= xr_window:
+            if c == NONE:
+                if t > t_cur[i]:
+                    t_cur[i] = t
+            else:
+                tc = t - t_cand[i]
                 # Read far more strongly elsewhere right now (a stale challenger fades): a
                 # cross-read of where it was, not a sign it is still there. It counts toward
                 # this location's level (every read does: a level fed only by the luckier
                 # reads would be biased), but does not reset the clock of the decaying offset.
-                if rssi < s_cand[i] - locs[c].fade(t - t_cand[i]) - margin:
+                # (Loc.fade, inlined.)
+                if (
+                    tc <= xr_window
+                    and rssi
+                    < s_cand[i]
+                    - (0.0 if tc <= holdoff[c] else decay[c] * (tc - holdoff[c]))
+                    - margin
+                ):
                     cross += 1
-                    holds = False
-            s = s_cur[i]
-            s = rssi if s != s else s + alpha[lid] * (rssi - s)
-            s_cur[i] = s
-            if holds and t > t_cur[i]:
-                t_cur[i] = t
-            if c != NONE and t_lead[i] != NEVER:
-                if s_cand[i] <= s + locs[lid].offset(t - t_cur[i]):
-                    t_lead[i] = NEVER  # read strongly where it is: the challenger lost its lead
-            elif t - t_since[i] >= refresh[lid]:
-                refresh_state(i, t, step)
+                elif t > t_cur[i]:
+                    t_cur[i] = t
+                if t_lead[i] != NEVER:
+                    # (Loc.offset, inlined.)
+                    since = t - t_cur[i]
+                    if since <= holdoff[lid]:
+                        off = threshold[lid]
+                    else:
+                        off = threshold[lid] - decay[lid] * (since - holdoff[lid])
+                        if off <= floor_db[lid]:
+                            off = floor_db[lid]
+                    if s_cand[i] <= s + off:
+                        t_lead[i] = NEVER  # read strongly where it is: the challenger lost its lead
+                    continue
+            if t - t_since[i] >= refresh[lid] and ev[i] == NO_EVIDENCE:
+                name = present_state[lid]
+                if name is not None:
+                    # Persist a fresh last_seen_us for a tag that stays where it is (nothing
+                    # pending); the persisted state now dates from here (see _challenge).
+                    t_since[i] = t
+                    states.append(TagState(epcs[i], True, name, seen[i]))  # type: ignore[arg-type]
+        suppressed = self.suppressed
         if unknown:
             suppressed["unknown_antenna"] += unknown
         if weak:

@@ -1,0 +1,35 @@
+"""Example counts for the slow fuzz runs. `make test-slow` runs each slow test's base count;
+`tools/fuzz.py` sets FC_FUZZ_SCALE to multiply every count (e.g. 10 for a 1M-example run)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+
+
+def scale() -> float:
+    try:
+        return max(0.001, float(os.environ.get("FC_FUZZ_SCALE", "1")))
+    except ValueError:
+        return 1.0
+
+
+def scaled(base: int) -> Callable[[Any], Any]:
+    """Hypothesis settings for a slow fuzz test: `base` examples times FC_FUZZ_SCALE, no
+    deadline (a loaded 2-core box), no health checks (generation is deliberately heavy)."""
+    return settings(
+        max_examples=max(1, round(base * scale())),
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+
+
+# Examples in one `make test-slow` run of tests/fuzz at scale 1 (the sum of every slow test's
+# base count): LLRP 5 x 14k (seeded, cheap), Modbus 6k + 1.5k, config 2k + 1k + topic names
+# 12k, scenarios 1.5k, TSL lines 6k. tools/fuzz.py divides its --examples by this to pick
+# FC_FUZZ_SCALE.
+SLOW_TOTAL = 5 * 14_000 + 6_000 + 1_500 + 2_000 + 1_000 + 12_000 + 1_500 + 6_000
