@@ -48,6 +48,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy gateway drivers simulators
 
+fuzz: $(STAMP)
+	$(PY) tools/fuzz.py --examples 1000000
+
 bench: $(STAMP) system-deps
 	$(PY) -m gateway.cli bench all --json $(ARGS)
 
