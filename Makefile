@@ -48,6 +48,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy gateway drivers simulators
 
+soak: $(STAMP) system-deps
+	$(PY) -m tools.soak --minutes 30 $(ARGS)
+
 fuzz: $(STAMP)
 	$(PY) tools/fuzz.py --examples 1000000
 

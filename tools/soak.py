@@ -1,0 +1,316 @@
+"""Soak: a realistic site through the real daemon for N minutes, watching the daemon's memory and
+file descriptors for growth.
+
+    python -m tools.soak --minutes 30 [--readers 16] [--rate 100] [--json] [--keep]
+    (make soak)
+
+What runs: a mosquitto of its own; N simulated LLRP readers (the LLRP simulator's generator:
+`--rate` reads/s each over a population of 200 tags per reader) plus a staging zone fed 5 new
+EPCs a second (arrivals, and departures 30 s later: steady movements and engine churn); a
+conveyor PLC and a robot cell (`fc-edge simulate modbus`, the robot moving every second); a TSL
+handheld counting the store floor every 6 s; `fc-edge run` on one config merged with
+gateway/demo.py's functions; `fc-edge listen` as the IMS.
+
+Every `--sample-s` seconds it samples the daemon's RSS (/proc/PID/status VmRSS) and open file
+descriptors (/proc/PID/fd), the outbox depth and the read/appended/acked counters (/metrics).
+The first `--warmup-min` minutes are warm-up (imports done, caches and SQLite's page cache
+filled, every device connected). The verdict, against bounds chosen for a process whose working
+set should be flat once warm:
+
+  * RSS: the median of the last 3 samples exceeds the median of the first 3 after warm-up by
+    less than `--rss-bound-mb` (20 MB: the engine keeps departed tags for forget_after_s = 1 h
+    at ~0.5 KB each, 5 new EPCs/s -> ~9 MB/h is expected and fits; a leak per message — 100+
+    messages/s — would not);
+  * fds: max - min after warm-up within `--fd-bound` (5: every device holds one socket; a
+    leak per reconnect or per commit would show);
+  * outbox: drained at the end (the publisher kept up on average), the daemon stopped cleanly
+    (exit 0) and the IMS holds every seq 1..last-appended of every stream, none twice.
+
+Exit 0 when every bound holds, 1 otherwise; the figures as one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python tools/soak.py` as well as `python -m tools.soak`
+    sys.path.insert(0, str(ROOT))
+
+from gateway import demo  # noqa: E402
+from simulators.llrp.server import Generator, ReaderSpec, SimServer  # noqa: E402
+from tests.chaos.site import (  # noqa: E402
+    CONVEYOR,
+    ROBOT,
+    Handheld,
+    ModbusSim,
+    ReadFeeder,
+    Tail,
+    exactly_once_problems,
+    last_appended,
+    metric,
+    open_fds,
+    outbox_depth,
+    rss_kb,
+    scrape,
+    wait_connected,
+)
+from tests.conftest import ListenProcess, fc_edge  # noqa: E402
+from tests.helpers import free_port, wait_for  # noqa: E402
+
+SITE = "SOAK"
+CHURN_READER = "staging"
+
+
+@dataclass
+class Sample:
+    t_s: float
+    rss_mb: float
+    fds: int
+    depth: int
+    reads: float
+    appended: float
+    acked: float
+
+
+@dataclass
+class Soak:
+    minutes: float
+    readers: int = 16
+    rate: float = 100.0
+    sample_s: float = 10.0
+    warmup_min: float = 2.0
+    rss_bound_mb: float = 20.0
+    fd_bound: int = 5
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fc-edge-soak-")))
+    samples: list[Sample] = field(default_factory=list)
+    log: Any = None
+
+    def say(self, text: str) -> None:
+        print(f"soak {time.strftime('%H:%M:%S')}  {text}", file=sys.stderr, flush=True)
+
+    # --- the site -----------------------------------------------------------------------------
+
+    def reader_specs(self) -> list[ReaderSpec]:
+        specs = [
+            ReaderSpec(
+                f"r{i:02d}",
+                generator=Generator(
+                    tags=200,
+                    rate=self.rate,
+                    tags_per_report=10,
+                    epc_prefix=f"303400000{i:03d}00",  # distinct tags per reader
+                ),
+            )
+            for i in range(self.readers)
+        ]
+        return [*specs, ReaderSpec(CHURN_READER)]
+
+    def gateway_config(
+        self, sim: SimServer, broker_url: str, equipment: dict[str, int], handheld: int
+    ) -> Path:
+        locations: dict[str, dict[str, Any]] = {f"ZONE-{i:02d}": {} for i in range(self.readers)}
+        locations["STAGING"] = {"biz_step": "storing"}
+        for station in demo.ROBOT_STATIONS.values():
+            locations[station] = {}
+        readers = [
+            {
+                "name": name,
+                "driver": "llrp",
+                "host": "127.0.0.1",
+                "port": reader.port,
+                "antennas": {
+                    "1": {
+                        "location": "STAGING" if name == CHURN_READER else f"ZONE-{name[1:]}",
+                        "read_point": f"{name}-1",
+                    }
+                },
+            }
+            for name, reader in sim.readers.items()
+        ]
+        raw = {
+            "gateway": {"site": SITE, "id": "gw-soak", "state_dir": str(self.workdir / "state")},
+            "mqtt": {"url": broker_url, "client_id": "fc-edge-gw-soak"},
+            "locations": locations,
+            "readers": readers,
+        }
+        self.metrics_url = f"http://127.0.0.1:{free_port()}"
+        raw = demo.merge_config(
+            raw,
+            metrics_port=int(self.metrics_url.rsplit(":", 1)[1]),
+            equipment_ports=equipment,
+            handheld_port=handheld,
+        )
+        raw["outbox"] = {"synchronous": "full"}  # production's setting
+        path = self.workdir / "gw.toml"
+        demo.write_config(raw, path)
+        tomllib.loads(path.read_text())  # written as TOML it parses back
+        return path
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        broker = demo.OwnBroker(self.workdir / "broker")
+        broker.workdir.mkdir(parents=True)
+        broker.start()
+        modbus: dict[str, ModbusSim] = {}
+        handheld = feeder = listen = gw = None
+        logs = self.workdir / "logs"
+        logs.mkdir()
+        try:
+            modbus[CONVEYOR] = ModbusSim(logs, "conveyor")
+            modbus[ROBOT] = ModbusSim(logs, "robot", "--move-every-s", "1.0")
+            handheld = Handheld(self.workdir, self.minutes + 5)
+            with SimServer(self.reader_specs(), control_port=0).running() as sim:
+                conf = self.gateway_config(
+                    sim, broker.url, {n: s.port for n, s in modbus.items()}, handheld.port
+                )
+                assert sim.control_address is not None
+                control = f"http://{sim.control_address[0]}:{sim.control_address[1]}"
+                feeder = ReadFeeder(control, {CHURN_READER: [1]}, new_per_s=5).start()
+                listen = ListenProcess(
+                    self.workdir, broker.url, SITE,
+                    "--streams", "movements,counts,equipment,dropped", "--client-id", "ims-soak",
+                )  # fmt: skip
+                wait_connected(broker.workdir, "ims-soak")
+                self.log = open(logs / "gateway.log", "ab")  # noqa: SIM115
+                gw = fc_edge("run", "-c", str(conf), stdout=self.log, stderr=self.log)
+                self.say(
+                    f"site up: {self.readers} readers x {self.rate:g} reads/s, "
+                    f"work dir {self.workdir}"
+                )
+                self.sample_loop(gw.pid)
+                feeder.stop()
+                wait_for(lambda: outbox_depth(self.workdir / "state") == 0, 300, interval=1)
+                exit_code = self.stop(gw)
+                last = last_appended(self.workdir / "state")
+                tail = Tail(listen.out_path)
+                wait_for(lambda: len(tail.poll()) >= sum(last.values()), 300, interval=1)
+            return self.verdict(exit_code, last, tail.poll())
+        finally:
+            if gw is not None and gw.poll() is None:
+                gw.kill()
+            if feeder is not None:
+                feeder.stop()
+            if listen is not None:
+                listen.stop()
+            if handheld is not None:
+                handheld.stop()
+            for s in modbus.values():
+                s.stop()
+            broker.stop()
+            if self.log is not None:
+                self.log.close()
+
+    def sample_loop(self, pid: int) -> None:
+        started = time.monotonic()
+        end = started + self.minutes * 60
+        next_at = started
+        while time.monotonic() < end:
+            next_at += self.sample_s
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            s = scrape(self.metrics_url)
+            sample = Sample(
+                t_s=round(time.monotonic() - started, 1),
+                rss_mb=round(rss_kb(pid) / 1024, 1),
+                fds=open_fds(pid),
+                depth=int(metric(s, "fc_edge_outbox_messages")),
+                reads=metric(s, "fc_edge_reads_total"),
+                appended=metric(s, "fc_edge_outbox_appended_messages_total"),
+                acked=metric(s, "fc_edge_publisher_acked_messages_total"),
+            )
+            self.samples.append(sample)
+            if len(self.samples) % 6 == 0:
+                self.say(
+                    f"t={sample.t_s:.0f}s rss {sample.rss_mb} MB fds {sample.fds} "
+                    f"outbox {sample.depth} reads {sample.reads:.0f} acked {sample.acked:.0f}"
+                )
+
+    def stop(self, gw: Any) -> int:
+        import signal
+        import subprocess
+
+        gw.send_signal(signal.SIGTERM)
+        try:
+            return int(gw.wait(60))
+        except subprocess.TimeoutExpired:
+            gw.kill()
+            gw.wait(10)
+            return -9
+
+    def verdict(
+        self, exit_code: int, last: dict[str, int], lines: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        warm = [s for s in self.samples if s.t_s >= self.warmup_min * 60]
+        if len(warm) < 6:
+            raise SystemExit("soak: too short for a verdict (need 6 samples after warm-up)")
+        rss_start = statistics.median(s.rss_mb for s in warm[:3])
+        rss_end = statistics.median(s.rss_mb for s in warm[-3:])
+        fds = [s.fds for s in warm]
+        elapsed = warm[-1].t_s - warm[0].t_s
+        problems = exactly_once_problems(lines, last)
+        checks = {
+            "rss_growth_mb": round(rss_end - rss_start, 1),
+            "rss_ok": rss_end - rss_start < self.rss_bound_mb,
+            "fd_spread": max(fds) - min(fds),
+            "fds_ok": max(fds) - min(fds) <= self.fd_bound,
+            "clean_exit": exit_code == 0,
+            "ims_complete": not problems,
+        }
+        first, final = self.samples[0], self.samples[-1]
+        return {
+            "soak": "result",
+            "minutes": self.minutes,
+            "readers": self.readers,
+            "reads_per_s_offered": self.readers * self.rate,
+            "reads_per_s": round(final.reads / final.t_s),
+            "messages_per_s": round(final.appended / final.t_s, 1),
+            "messages": sum(last.values()),
+            "rss_mb": {"first": first.rss_mb, "after_warmup": rss_start, "end": rss_end,
+                       "max": max(s.rss_mb for s in self.samples)},
+            "fds": {"min": min(fds), "max": max(fds)},
+            "max_outbox_depth": max(s.depth for s in self.samples),
+            "bounds": {"rss_growth_mb": self.rss_bound_mb, "fd_spread": self.fd_bound},
+            "window_s": elapsed,
+            **checks,
+            "problems": problems,
+            "ok": all(v for k, v in checks.items() if isinstance(v, bool)),
+            "samples": [s.__dict__ for s in self.samples],
+            "workdir": str(self.workdir),
+        }  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--readers", type=int, default=16)
+    p.add_argument("--rate", type=float, default=100.0, help="reads/s per reader")
+    p.add_argument("--sample-s", type=float, default=10.0)
+    p.add_argument("--warmup-min", type=float, default=2.0)
+    p.add_argument("--rss-bound-mb", type=float, default=20.0)
+    p.add_argument("--fd-bound", type=int, default=5)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    soak = Soak(
+        minutes=args.minutes, readers=args.readers, rate=args.rate, sample_s=args.sample_s,
+        warmup_min=args.warmup_min, rss_bound_mb=args.rss_bound_mb, fd_bound=args.fd_bound,
+    )  # fmt: skip
+    result = soak.run()
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
