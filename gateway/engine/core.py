@@ -121,6 +121,24 @@ class Loc:
         return off if off > self.floor else self.floor
 
 
+_new = object.__new__
+_set_epc, _set_present, _set_location, _set_last_seen = (
+    TagState.__dict__[name].__set__ for name in ("epc", "present", "location", "last_seen_us")
+)
+
+
+def tag_state(epc: str, present: bool, location: str | None, last_seen_us: int) -> TagState:
+    """TagState(epc, present, location, last_seen_us), twice as fast: a frozen dataclass's
+    __init__ sets each field through object.__setattr__; this fills its slots directly. (At 1 M
+    tracked tags nearly every read refreshes a state, so this is on the hot path.)"""
+    state = _new(TagState)
+    _set_epc(state, epc)
+    _set_present(state, present)
+    _set_location(state, location)
+    _set_last_seen(state, last_seen_us)
+    return state
+
+
 def make_movement(
     kind: str,
     epc: str,
@@ -331,9 +349,9 @@ class Engine:
         assert epc is not None
         cur = self._loc[i]
         if cur == NONE or self._tentative[i]:
-            return TagState(epc, False, None, self._seen[i])
+            return tag_state(epc, False, None, self._seen[i])
         loc = self.locs[cur]
-        return TagState(epc, not loc.offsite, loc.name, self._seen[i])
+        return tag_state(epc, not loc.offsite, loc.name, self._seen[i])
 
     def _present(self, i: int) -> bool:
         cur = self._loc[i]
@@ -491,6 +509,13 @@ class Engine:
         present_state = self._present_state
         epcs = self._epc
         states = step.states
+        new_state = _new
+        set_epc, set_present, set_location, set_last_seen = (
+            _set_epc,
+            _set_present,
+            _set_location,
+            _set_last_seen,
+        )
         min_rssi = self._min_rssi
         margin = self._xr_margin
         xr_window = self._xr_window_us
@@ -578,7 +603,12 @@ class Engine:
                     # Persist a fresh last_seen_us for a tag that stays where it is (nothing
                     # pending); the persisted state now dates from here (see _challenge).
                     t_since[i] = t
-                    states.append(TagState(epcs[i], True, name, seen[i]))  # type: ignore[arg-type]
+                    state = new_state(TagState)  # tag_state(), inlined
+                    set_epc(state, epcs[i])
+                    set_present(state, True)
+                    set_location(state, name)
+                    set_last_seen(state, seen[i])
+                    states.append(state)
         suppressed = self.suppressed
         if unknown:
             suppressed["unknown_antenna"] += unknown
