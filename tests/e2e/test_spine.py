@@ -116,6 +116,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(
     )
     rnd = random.Random(20_000)
     kills = 0
+    gw = None
     log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
     try:
         for _ in range(5):
@@ -137,7 +138,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(20) == 0
     finally:
-        if gw.poll() is None:  # a failed wait must not leave a gateway running
+        if gw is not None and gw.poll() is None:  # a failed wait must not leave one running
             gw.kill()
             gw.wait(10)
         log.close()
