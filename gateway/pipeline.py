@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -737,8 +738,21 @@ async def run_gateway(
     pipeline = Pipeline(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    grace_s = settings.gateway.shutdown_timeout_s + 15
+
+    def on_stop_signal() -> None:
+        if stop.is_set():  # asked twice: the operator means it
+            log.warning("second stop signal: exiting now (the outbox is consistent)")
+            os._exit(1)
+        stop.set()
+        # A shutdown that hangs (a device library that ignores cancellation) must not keep
+        # the process alive: exiting is as safe as a kill -9, which the outbox is built for.
+        timer = threading.Timer(grace_s, _shutdown_hung, args=(grace_s,))
+        timer.daemon = True
+        timer.start()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(pipeline)))
     try:
         await pipeline.run(stop)
@@ -749,6 +763,11 @@ async def run_gateway(
         log.critical("cannot start: %s", exc)
         return 78 if pipeline.outbox is None or pipeline.publisher is None else 70
     return 0
+
+
+def _shutdown_hung(grace_s: float) -> None:
+    log.critical("shutdown did not finish within %.0f s; exiting (the outbox is consistent)", grace_s)
+    os._exit(70)
 
 
 async def _reload(pipeline: Pipeline) -> None:

@@ -1,8 +1,9 @@
 """Chaos: the broker goes away, again and again, under load.
 
-* SIGTERM (mosquitto saves its persistence file): five minutes at 2k movements/s (1k arrivals
+* SIGTERM (mosquitto saves its persistence file): three minutes at 2k movements/s (1k arrivals
   and, 30 s later, 1k departures a second, from a replay capture of distinct EPCs) during which
-  the broker is stopped and restarted five times, one outage a full minute long. The outbox is
+  the broker is stopped and restarted three times, one outage a full minute long (sized down
+  from five minutes to keep `make test-slow` within its 40-minute budget on 2 cores). The outbox is
   sized for the backlog; the IMS (`fc-edge listen`, persistent session) ends with every seq of
   1..last-appended, none twice, in seq order; nothing was dropped.
 * SIGKILL (the broker loses what it had not saved, so the IMS may miss messages the broker had
@@ -73,12 +74,12 @@ def in_seq_order(lines: list[dict[str, Any]]) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_broker_restarted_five_times_in_five_minutes_at_2k_movements_per_s(tmp_path: Path) -> None:
+def test_broker_restarted_three_times_in_three_minutes_at_2k_movements_per_s(tmp_path: Path) -> None:
     broker = persistent_broker(tmp_path)
     capture = tmp_path / "zone.jsonl"
-    # 1k new EPCs a second for 4.5 min, each read 4 times over 1.5 s; each departs 30 s after
+    # 1k new EPCs a second for 2.5 min, each read 4 times over 1.5 s; each departs 30 s after
     # its last read: from t=32 s on, 2k movements a second.
-    epcs = write_zone_capture(capture, 270_000, per_second=1000, reads_each=4)
+    epcs = write_zone_capture(capture, 150_000, per_second=1000, reads_each=4)
     metrics_port = free_port()
     conf = zone_gateway(tmp_path, broker, capture, max_bytes="1GB", metrics_port=metrics_port)
     listen = ListenProcess(
@@ -87,8 +88,8 @@ def test_broker_restarted_five_times_in_five_minutes_at_2k_movements_per_s(tmp_p
     wait_connected(broker.workdir, "ims-broker")
     tail = Tail(listen.out_path)
     rnd = random.Random(5)
-    # (seconds up before the outage, seconds down): five outages, one of a full minute.
-    outages = [(20, 10), (25, 30), (20, 60), (30, 15), (20, 5)]
+    # (seconds up before the outage, seconds down): three outages, one of a full minute.
+    outages = [(15, 10), (20, 60), (20, 5)]
     log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
     gw = fc_edge("run", "-c", str(conf), stdout=log, stderr=log)
     depths = []
@@ -101,8 +102,8 @@ def test_broker_restarted_five_times_in_five_minutes_at_2k_movements_per_s(tmp_p
             time.sleep(down_s)
             depths.append(outbox_depth(tmp_path / "state"))
             broker.start()
-        # the rest of the five minutes, then until everything is out
-        time.sleep(max(0.0, 300 - (time.monotonic() - started)))
+        # the rest of the three minutes, then until everything is out
+        time.sleep(max(0.0, 180 - (time.monotonic() - started)))
         final = wait_for(lambda: scrape(f"http://127.0.0.1:{metrics_port}"), 30, interval=1)
         appended_rate = metric(final, "fc_edge_outbox_appended_messages_total") / (
             time.monotonic() - started
@@ -134,7 +135,7 @@ def test_broker_restarted_five_times_in_five_minutes_at_2k_movements_per_s(tmp_p
     assert summary.get("gaps") == 0, summary
     arrived = Counter(m["epc"] for m in movements if m["type"] == "arrived")
     assert max(arrived.values()) == 1 and set(arrived) <= {e.upper() for e in epcs} | set(epcs)
-    assert len(arrived) > 200_000, f"the capture played: {len(arrived)} arrivals"
+    assert len(arrived) > 140_000, f"the capture played: {len(arrived)} arrivals"
 
 
 @pytest.mark.slow

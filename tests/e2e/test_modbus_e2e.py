@@ -85,6 +85,7 @@ def test_robot_moves_exactly_once_across_kill_9(tmp_path: Path, broker: Broker) 
     listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements,equipment")
     log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
     rnd = random.Random(6)
+    gw = None
     try:
         def acked() -> int:
             return len(robot.command({"status": True})["status"]["acked"])
@@ -105,6 +106,9 @@ def test_robot_moves_exactly_once_across_kill_9(tmp_path: Path, broker: Broker) 
         time.sleep(1)
         status = robot.command({"status": True})
     finally:
+        if gw is not None and gw.poll() is None:  # a failed wait must not leave one running
+            gw.kill()
+            gw.wait(10)
         log.close()
         summary = listen.stop()
         robot.stop()
