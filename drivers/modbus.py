@@ -30,8 +30,8 @@ from drivers.base import Backoff, DeviceEvent, Driver, Sink
 from drivers.modbus_map import (
     BIT_KINDS,
     DecodeError,
-    Point,
     MapError,
+    Point,
     ReadBlock,
     RegisterMap,
     decode,

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.client_id:  # a persistent session: the broker keeps QoS 1 messages while we're away
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 7 * 24 * 3600
-    client.reconnect_delay_set(0.2, 5)
+    client.reconnect_delay_set(1, 5)
     client.connect_async(
         url.hostname or "127.0.0.1",
         url.port or (8883 if url.scheme in ("mqtts", "ssl") else 1883),

@@ -144,7 +144,7 @@ def decode_epc(epc_hex: str) -> dict[str, Any] | None:
     import epcpy  # imported lazily: the CLI's fast paths should not pay for it
 
     try:
-        tag = epcpy.hex_to_tag_encodable(epc_hex)
+        tag: Any = epcpy.hex_to_tag_encodable(epc_hex)  # the scheme's class: SGTIN, SSCC, ...
         uri = tag.epc_uri
     except Exception:  # epcpy raises several types for unknown headers and bad partitions
         return None

@@ -178,8 +178,8 @@ class Pipeline:
         self.publisher = Publisher(
             s.mqtt,
             self.topic_base,
-            on_acks=lambda acks: loop.call_soon_threadsafe(self._on_acks, acks),
-            on_connection=lambda up: loop.call_soon_threadsafe(self._on_connection, up),
+            on_acks=lambda acks: void(loop.call_soon_threadsafe(self._on_acks, acks)),
+            on_connection=lambda up: void(loop.call_soon_threadsafe(self._on_connection, up)),
             birth=self._birth,
         )
         self.metrics.add_collector(self._collect)
@@ -719,6 +719,10 @@ class Pipeline:
         return out
 
 
+def void(_: object) -> None:
+    """Drop a value (a callback handle) where a callback must return None."""
+
+
 def make_workflows(settings: Settings, engine: Engine | None) -> dict[str, Any]:
     """One workflow per handheld (driver "tsl"); imported only when a site has handhelds."""
     handhelds = [d for d in settings.readers if d.driver == "tsl"]
@@ -766,7 +770,7 @@ async def run_gateway(
 
 
 def _shutdown_hung(grace_s: float) -> None:
-    log.critical("shutdown did not finish within %.0f s; exiting (the outbox is consistent)", grace_s)
+    log.critical("shutdown did not finish in %.0f s; exiting (the outbox is consistent)", grace_s)
     os._exit(70)
 
 

@@ -61,14 +61,19 @@ class CaptureSink:
         return future
 
     def device_state(self, device: str, health: DriverHealth) -> None:
-        print(json.dumps({"device": device, "state": health.state, "detail": health.detail}),
-              file=sys.stderr, flush=True)
+        print(
+            json.dumps({"device": device, "state": health.state, "detail": health.detail}),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def cursor(self, key: str) -> int | None:
         return None
 
 
-async def record(settings: config_mod.Settings, sink: CaptureSink, duration_s: float | None) -> None:
+async def record(
+    settings: config_mod.Settings, sink: CaptureSink, duration_s: float | None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

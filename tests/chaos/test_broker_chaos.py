@@ -74,7 +74,9 @@ def in_seq_order(lines: list[dict[str, Any]]) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_broker_restarted_three_times_in_three_minutes_at_2k_movements_per_s(tmp_path: Path) -> None:
+def test_broker_restarted_three_times_in_three_minutes_at_2k_movements_per_s(
+    tmp_path: Path,
+) -> None:
     broker = persistent_broker(tmp_path)
     capture = tmp_path / "zone.jsonl"
     # 1k new EPCs a second for 2.5 min, each read 4 times over 1.5 s; each departs 30 s after

@@ -18,7 +18,11 @@ from tests.helpers import validate_message, wait_for
 
 
 def handheld_config(state: Path, broker_url: str, port: int, workflow: str) -> str:
-    extra = 'returns_location = "RETURNS"' if workflow == "returns" else 'allowed_locations = ["SHELF-A1", "SHELF-B2"]'
+    extra = (
+        'returns_location = "RETURNS"'
+        if workflow == "returns"
+        else 'allowed_locations = ["SHELF-A1", "SHELF-B2"]'
+    )
     return f"""
 [gateway]
 site = "S1"
@@ -48,11 +52,25 @@ workflow = "{workflow}"
 """
 
 
-def run_handheld(tmp_path: Path, broker: Broker, scenario: str, workflow: str,
-                 seed: list[TagState] | None = None, until: Any = None) -> list[dict[str, Any]]:
+def run_handheld(
+    tmp_path: Path,
+    broker: Broker,
+    scenario: str,
+    workflow: str,
+    seed: list[TagState] | None = None,
+    until: Any = None,
+) -> list[dict[str, Any]]:
     sim_err = open(tmp_path / "sim.err", "wb")  # noqa: SIM115
-    sim = fc_edge("simulate", "tsl", "--scenario", scenario, "--listen", "127.0.0.1:0",
-                  stdout=subprocess.PIPE, stderr=sim_err)
+    sim = fc_edge(
+        "simulate",
+        "tsl",
+        "--scenario",
+        scenario,
+        "--listen",
+        "127.0.0.1:0",
+        stdout=subprocess.PIPE,
+        stderr=sim_err,
+    )
     assert sim.stdout is not None
     port = int(json.loads(sim.stdout.readline())["port"])
     state = tmp_path / "state"

@@ -20,7 +20,11 @@ from tests.helpers import validate_message, wait_for
 def equipment_config(state: Path, broker_url: str, devices: dict[str, tuple[str, int]]) -> str:
     entries = []
     for name, (kind, port) in devices.items():
-        stations = 'stations = { 1 = "DOCK-01", 2 = "PICK-A", 3 = "PICK-B", 4 = "PACK" }' if kind == "robot" else ""
+        stations = (
+            'stations = { 1 = "DOCK-01", 2 = "PICK-A", 3 = "PICK-B", 4 = "PACK" }'
+            if kind == "robot"
+            else ""
+        )
         entries.append(
             f"""
 [[equipment]]
@@ -54,8 +58,18 @@ enabled = false
 class ModbusSim:
     def __init__(self, tmp_path: Path, device: str, *args: str) -> None:
         self.err = open(tmp_path / f"sim-{device}.err", "wb")  # noqa: SIM115
-        self.proc = fc_edge("simulate", "modbus", "--device", device, "--listen", "127.0.0.1:0", *args,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
+        self.proc = fc_edge(
+            "simulate",
+            "modbus",
+            "--device",
+            device,
+            "--listen",
+            "127.0.0.1:0",
+            *args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+        )
         assert self.proc.stdout is not None
         self.port = int(json.loads(self.proc.stdout.readline())["port"])
 
@@ -80,13 +94,19 @@ def test_robot_moves_exactly_once_across_kill_9(tmp_path: Path, broker: Broker) 
     conveyor = ModbusSim(tmp_path, "conveyor")
     state = tmp_path / "state"
     conf = tmp_path / "gw.toml"
-    conf.write_text(equipment_config(state, broker.url, {"robot-1": ("robot", robot.port),
-                                                          "conveyor-1": ("conveyor", conveyor.port)}))
+    conf.write_text(
+        equipment_config(
+            state,
+            broker.url,
+            {"robot-1": ("robot", robot.port), "conveyor-1": ("conveyor", conveyor.port)},
+        )
+    )
     listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements,equipment")
     log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
     rnd = random.Random(6)
     gw = None
     try:
+
         def acked() -> int:
             return len(robot.command({"status": True})["status"]["acked"])
 

@@ -47,8 +47,12 @@ def zone_config(tmp_path: Path, broker: Broker, n: int = 100, extra_mqtt: str = 
     capture = tmp_path / "zone.jsonl"
     write_zone_capture(capture, n, per_second=50)
     conf = tmp_path / "gw.toml"
-    text = gateway_toml(tmp_path / "state", broker.url, ZONE_READER.format(capture=capture, speed=1.0))
-    conf.write_text(text.replace('client_id = "fc-edge-gw-1"', f'client_id = "fc-edge-gw-1"\n{extra_mqtt}'))
+    text = gateway_toml(
+        tmp_path / "state", broker.url, ZONE_READER.format(capture=capture, speed=1.0)
+    )
+    conf.write_text(
+        text.replace('client_id = "fc-edge-gw-1"', f'client_id = "fc-edge-gw-1"\n{extra_mqtt}')
+    )
     return conf
 
 
@@ -74,7 +78,9 @@ def test_birth_last_will_and_retained_device_status(tmp_path: Path, broker: Brok
     # retained: a late subscriber still learns the gateway's and the device's last state
     late = Watcher(broker, "fc/S1/gw-1/#")
     try:
-        wait_for(lambda: late.get("fc/S1/gw-1/status") and late.get("fc/S1/gw-1/devices/zone-1"), 10)
+        wait_for(
+            lambda: late.get("fc/S1/gw-1/status") and late.get("fc/S1/gw-1/devices/zone-1"), 10
+        )
     finally:
         late.stop()
 
@@ -104,7 +110,9 @@ def test_mqtt_3_1_1(tmp_path: Path, broker: Broker) -> None:
         listen.stop()
 
 
-def test_shared_subscription_splits_the_stream_between_ims_instances(tmp_path: Path, broker: Broker) -> None:
+def test_shared_subscription_splits_the_stream_between_ims_instances(
+    tmp_path: Path, broker: Broker
+) -> None:
     """Two `listen --share ims` instances: every movement reaches exactly one of them."""
     a = ListenProcess(tmp_path, broker.url, "S1", "--share", "ims")
     b = ListenProcess(tmp_path, broker.url, "S1", "--share", "ims")

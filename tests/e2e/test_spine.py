@@ -308,7 +308,9 @@ def test_epcis_documents_are_published_and_valid(tmp_path: Path, broker: Broker)
     capture = tmp_path / "zone.jsonl"
     write_zone_capture(capture, 50, per_second=50)
     conf = tmp_path / "gw.toml"
-    text = gateway_toml(tmp_path / "state", broker.url, ZONE_READER.format(capture=capture, speed=1.0))
+    text = gateway_toml(
+        tmp_path / "state", broker.url, ZONE_READER.format(capture=capture, speed=1.0)
+    )
     conf.write_text(text.replace("[outbox]", "[epcis]\nenabled = true\n\n[outbox]"))
     listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements,epcis")
     gw = fc_edge("run", "-c", str(conf))
@@ -328,5 +330,9 @@ def test_epcis_documents_are_published_and_valid(tmp_path: Path, broker: Broker)
     for doc in docs:
         assert_valid(validator, doc["document"])
         events += doc["document"]["epcisBody"]["eventList"]
-    assert sorted(e["eventID"] for e in events) == sorted(f"urn:uuid:{m['id']}" for m in movements(lines))
-    assert all(e["action"] == "OBSERVE" and e["epcList"][0].startswith("urn:epc:id:sgtin:") for e in events)
+    assert sorted(e["eventID"] for e in events) == sorted(
+        f"urn:uuid:{m['id']}" for m in movements(lines)
+    )
+    assert all(
+        e["action"] == "OBSERVE" and e["epcList"][0].startswith("urn:epc:id:sgtin:") for e in events
+    )
