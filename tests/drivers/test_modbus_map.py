@@ -240,7 +240,7 @@ def write(tmp_path: Path, text: str, name: str = "bad.toml") -> Path:
         ),
         (
             "[points.x]\naddress=0\nkind='holding'\ntype='uint16'\nenum={zero='a'}",
-            "bad.toml: points.x.enum: key must be a whole number",
+            "bad.toml: points.x.enum.zero: key must be a whole number",
         ),
         (
             "[points.x]\naddress=0\nkind='holding'\ntype='uint16'\ncolour='red'",
