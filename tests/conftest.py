@@ -225,6 +225,22 @@ disposition = "sellable_not_accessible"
 """
 
 
+def gateway_head(state_dir: Path, broker_url: str, site: str = "S1", gw: str = "gw-1") -> str:
+    """[gateway], [mqtt] and metrics off: the part every test config shares."""
+    return f"""
+[gateway]
+site = "{site}"
+id = "{gw}"
+state_dir = "{state_dir}"
+shutdown_timeout_s = 5
+[mqtt]
+url = "{broker_url}"
+client_id = "fc-edge-{gw}"
+[metrics]
+enabled = false
+"""
+
+
 def replay_reader(capture: Path, name: str = "dock-03", speed: float = 1.0) -> str:
     return f"""
 [[readers]]

@@ -13,7 +13,7 @@ from typing import Any
 from gateway.model import TagState
 from gateway.outbox import Outbox
 from simulators.scenario import sgtin96
-from tests.conftest import Broker, ListenProcess, fc_edge
+from tests.conftest import Broker, ListenProcess, fc_edge, gateway_head
 from tests.helpers import validate_message, wait_for
 
 
@@ -23,17 +23,9 @@ def handheld_config(state: Path, broker_url: str, port: int, workflow: str) -> s
         if workflow == "returns"
         else 'allowed_locations = ["SHELF-A1", "SHELF-B2"]'
     )
-    return f"""
-[gateway]
-site = "S1"
-id = "gw-1"
-state_dir = "{state}"
-shutdown_timeout_s = 5
-[mqtt]
-url = "{broker_url}"
-client_id = "fc-edge-gw-1"
-[metrics]
-enabled = false
+    return (
+        gateway_head(state, broker_url)
+        + f"""
 [locations.SHELF-A1]
 barcode = "LOC-SHELF-A1"
 biz_step = "cycle_counting"
@@ -50,6 +42,7 @@ port = "socket://127.0.0.1:{port}"
 workflow = "{workflow}"
 {extra}
 """
+    )
 
 
 def run_handheld(

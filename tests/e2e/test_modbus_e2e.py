@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, Broker, ListenProcess, fc_edge
+from tests.conftest import ROOT, Broker, ListenProcess, fc_edge, gateway_head
 from tests.helpers import validate_message, wait_for
 
 
@@ -39,20 +39,13 @@ stale_after_s = 3
 """
         )
     locations = "\n".join(f"[locations.{n}]\n" for n in ("DOCK-01", "PICK-A", "PICK-B", "PACK"))
-    return f"""
-[gateway]
-site = "S1"
-id = "gw-1"
-state_dir = "{state}"
-shutdown_timeout_s = 5
-[mqtt]
-url = "{broker_url}"
-client_id = "fc-edge-gw-1"
-[metrics]
-enabled = false
+    return (
+        gateway_head(state, broker_url)
+        + f"""
 {locations}
 {"".join(entries)}
 """
+    )
 
 
 class ModbusSim:
