@@ -60,9 +60,16 @@ def others_unaffected(site: Site, faulty: str) -> Iterator[None]:
     for device in site.devices:
         if device == faulty:
             continue
-        assert activity(after, device) > activity(before, device), (
-            f"{device} stopped delivering while {faulty} was faulty"
-        )
+        if device == HANDHELD:
+            # A handheld delivers only when its operator pulls the trigger (a count every few
+            # seconds here), so a short fault window may see nothing from it: it must stay up.
+            assert site.device_states().get(device) == "up", (
+                f"{device} went {site.device_states().get(device)} while {faulty} was faulty"
+            )
+        else:
+            assert activity(after, device) > activity(before, device), (
+                f"{device} stopped delivering while {faulty} was faulty"
+            )
         assert reconnects(after, device) == reconnects(before, device), (
             f"{device} reconnected while only {faulty} was faulty"
         )
