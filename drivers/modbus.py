@@ -41,7 +41,7 @@ from drivers.modbus_map import (
     raw_value,
 )
 from gateway.confschema import duration
-from gateway.model import Movement
+from gateway.model import Movement, now_us
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,6 @@ class DeviceDown(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class ModbusDriver(Driver):

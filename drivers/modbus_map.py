@@ -32,13 +32,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.confschema import Errors, build, join
+from gateway.confschema import Errors, build, join, read_toml
 
 Kind = Literal["holding", "input", "coil", "discrete"]
 PointType = Literal["uint16", "int16", "uint32", "int32", "float32", "bool", "bitfield", "string"]
@@ -175,18 +174,11 @@ class RegisterMap:
 def load_map(path: str | Path) -> RegisterMap:
     """Read and validate a map file; raises MapError listing every problem found."""
     path = Path(path)
-    label = path.name
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MapError([f"{path}: no such register map"]) from None
-    except OSError as exc:
-        raise MapError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise MapError([f"{label}: not valid TOML: {exc}"]) from None
-    except UnicodeDecodeError:
-        raise MapError([f"{label}: not UTF-8 text"]) from None
-    return map_from_dict(raw, label, str(path))
+        raw = read_toml(path, "register map")
+    except ValueError as exc:
+        raise MapError([str(exc)]) from None
+    return map_from_dict(raw, path.name, str(path))
 
 
 def map_from_dict(raw: dict[str, Any], label: str = "map", path: str = "") -> RegisterMap:

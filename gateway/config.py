@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from gateway.confschema import (
     join,
     parse_host_port,
     parse_size,
+    read_toml,
     topic_name,
 )
 from gateway.engine.settings import EngineSettings, ProfileSettings
@@ -213,18 +213,11 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def load(path: str | os.PathLike[str]) -> Settings:
     """Read and validate a config file; raises ConfigError with every problem found."""
     path = Path(path)
-    label = path.name
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{label}: not valid TOML: {exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{label}: not UTF-8 text"]) from None
-    return from_dict(raw, label, str(path))
+        raw = read_toml(path)
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    return from_dict(raw, path.name, str(path))
 
 
 def from_dict(raw: dict[str, Any], label: str = "config", path: str = "") -> Settings:

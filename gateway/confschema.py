@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 # field(metadata={PARSE: fn}) converts the raw value first; fn raises ValueError with a reason.
@@ -190,6 +192,24 @@ def type_name(value: Any) -> str:
         list: "a list",
         dict: "a table",
     }.get(type(value), type(value).__name__)
+
+
+# --- reading files ------------------------------------------------------------------------------
+
+
+def read_toml(path: Path, what: str = "file") -> dict[str, Any]:
+    """Parse a TOML file; ValueError with one operator-facing line when it cannot be read.
+    Shared by the gateway config and the equipment register maps."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path.name}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path.name}: not UTF-8 text") from None
 
 
 # --- shared value parsers ----------------------------------------------------------------------
