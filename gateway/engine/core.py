@@ -9,7 +9,8 @@ How a read becomes a movement (docs/engine.md has the long form):
 3. Each tag has one *current* location estimate with a smoothed RSSI, and at most one
    *challenger*. A challenger wins when its smoothed RSSI beats the current one by the current
    location's offset (full threshold while the tag is still read there, decaying with the
-   time since it was last read there: EdgeX's mobility profile), with at least `min_reads`
+   time since it was last read there: EdgeX's mobility profile; "time" counted in the tag's
+   own read rounds there, see _ROUNDS), with at least `min_reads`
    reads and a lead held for the new location's `confirm_s`. Reads much weaker than where the
    tag is (cross-reads between a reader's antennas, strays of parked tags near a portal) are
    never evidence.
@@ -43,6 +44,14 @@ NO_EVIDENCE = 1 << 62  # "nothing undecided" in the evidence-start array (sorts 
 _NAN = float("nan")
 _RECHECK_US = 60_000_000  # a present tag at a location that never departs is looked at every minute
 _time_of = attrgetter("time_us")
+# Silence at a location is judged in the tag's own read rounds there: its claim on the tag keeps
+# the full threshold for at least _ROUNDS of the tag's usual intervals between reads (an
+# exponential average, weight _IV_WEIGHT), so a tag a zone reader sees every few seconds is not
+# taken by a neighbour's cross-reads whenever one round happens to miss it. The interval is
+# capped so a long absence cannot make a location cling to a tag past half its departure time.
+_ROUNDS = 4.0
+_IV_WEIGHT = 0.25
+_IV_CAP_NEVER_DEPARTS_US = 120_000_000
 
 SUPPRESSION_REASONS = (
     "unknown_antenna",  # the (reader, antenna) is not in the config
@@ -106,14 +115,14 @@ class Loc:
         # restart never judges its absence from a stale time (never, for "never departs").
         self.refresh_us = self.departed_after_us // 2 if self.departed_after_us else 1 << 62
 
-    def fade(self, since_us: int) -> float:
+    def fade(self, since_us: float) -> float:
         """How much a level measured here `since_us` ago has faded: a location's claim on a
         tag weakens, after its holdoff, at the decay rate of the offset."""
         if since_us <= self.holdoff_us:
             return 0.0
         return self.decay_per_us * (since_us - self.holdoff_us)
 
-    def offset(self, since_us: int) -> float:
+    def offset(self, since_us: float) -> float:
         """How much stronger a challenger must be, `since_us` after the last read here."""
         if since_us <= self.holdoff_us:
             return self.threshold
@@ -196,6 +205,7 @@ class Engine:
         self._t_since = array("q")  # since when the estimate holds (confirmed: the decision)
         self._s_cur = array("f")  # smoothed RSSI at the current location (NaN: unknown)
         self._t_cur = array("q")  # last read at the current location
+        self._iv = array("f")  # usual interval between reads at the current location (µs, EWMA)
         self._cand = array("h")  # challenger location (NONE: none)
         self._s_cand = array("f")
         self._t_cand = array("q")  # last read at the challenger
@@ -278,6 +288,9 @@ class Engine:
         self._holdoff = [loc.holdoff_us for loc in locs]
         self._decay = [loc.decay_per_us for loc in locs]
         self._floor = [loc.floor for loc in locs]
+        self._iv_cap = [
+            (loc.departed_after_us or _IV_CAP_NEVER_DEPARTS_US) / (2 * _ROUNDS) for loc in locs
+        ]
         # The name a present tag's state carries there; None at an offsite location (no refresh)
         self._present_state = [None if loc.offsite else loc.name for loc in locs]
 
@@ -325,6 +338,7 @@ class Engine:
             engine._t_since[i] = s.last_seen_us
             engine._s_cur[i] = _NAN  # unknown: the first read after the restart sets it
             engine._t_cur[i] = s.last_seen_us
+            engine._iv[i] = 0.0  # unknown: learnt again from the reads after the restart
             engine._seen[i] = s.last_seen_us
             engine._due[i] = 0
             engine._schedule(i, s.last_seen_us)
@@ -466,8 +480,12 @@ class Engine:
         pending.sort(key=_time_of)
         k = bisect_right(pending, cutoff, key=_time_of)
         if k == 0:
+            # Nothing this old is buffered, so everything up to the cutoff has been taken:
+            # say so, or every following batch would sort the whole buffer again until the
+            # reads span a window (quadratic at high read rates after a quiet spell).
             self._p_min = pending[0].time_us
             self._p_scanned = len(pending)
+            self._judged_to = max(self._judged_to, cutoff)
             return
         if k == len(pending):
             ready = pending
@@ -493,10 +511,14 @@ class Engine:
         tentative = self._tentative
         s_cur = self._s_cur
         t_cur = self._t_cur
+        iv = self._iv
+        iv_cap = self._iv_cap
+        iv_weight, rounds = _IV_WEIGHT, _ROUNDS
         cand_a = self._cand
         s_cand = self._s_cand
         t_cand = self._t_cand
         t_lead = self._t_lead
+        n_cand = self._n_cand
         t_since = self._t_since
         seen = self._seen
         ev = self._ev
@@ -566,7 +588,14 @@ class Engine:
             s_cur[i] = s
             c = cand_a[i]
             if c == NONE:
-                if t > t_cur[i]:
+                tc = t_cur[i]
+                if t > tc:
+                    # (Engine._read_here, inlined.)
+                    g: float = t - tc
+                    if g > iv_cap[lid]:
+                        g = iv_cap[lid]
+                    v = iv[i]
+                    iv[i] = v + iv_weight * (g - v)
                     t_cur[i] = t
             else:
                 tc = t - t_cand[i]
@@ -584,10 +613,13 @@ class Engine:
                 ):
                     cross += 1
                 elif t > t_cur[i]:
-                    t_cur[i] = t
+                    self._read_here(i, lid, t)
                 if t_lead[i] != NEVER:
-                    # (Loc.offset, inlined.)
-                    since = t - t_cur[i]
+                    # (Engine._silence and Loc.offset, inlined.)
+                    since: float = t - t_cur[i]
+                    extra = rounds * iv[i] - holdoff[lid]
+                    if extra > 0.0 and n_cand[i] < rounds:
+                        since -= extra
                     if since <= holdoff[lid]:
                         off = threshold[lid]
                     else:
@@ -646,7 +678,7 @@ class Engine:
         s = rssi if s != s else s + loc.alpha * (rssi - s)
         self._s_cur[i] = s
         if t > self._t_cur[i]:
-            self._t_cur[i] = t
+            self._read_here(i, lid, t)
         if c != NONE and self._t_lead[i] != NEVER and self._s_cand[i] <= s:
             self._t_lead[i] = NEVER
         n = self._n_cur[i]
@@ -753,7 +785,7 @@ class Engine:
         if is_tentative:
             losing = s <= s_here or n < self._n_cur[i]
         else:
-            losing = s <= s_here + old.offset(t - self._t_cur[i])
+            losing = s <= s_here + old.offset(self._silence(i, cur, t))
         if losing:
             self._t_lead[i] = NEVER
             if not is_tentative and n >= self._min_reads:
@@ -782,6 +814,7 @@ class Engine:
         self._loc[i] = lid
         self._s_cur[i] = s
         self._t_cur[i] = t
+        self._iv[i] = 0.0  # a new location: its read rounds are learnt from here
         self._n_cur[i] = min(n, 65535)
         self._t_since[i] = t
         self._cand[i] = NONE
@@ -790,12 +823,30 @@ class Engine:
         self._clear_evidence(i)
         self._emit(i, old, new, t, read.reader, _via(place), observed, step)
 
+    def _read_here(self, i: int, lid: int, t: int) -> None:
+        """A read at the tag's current location, newer than its last one there: learn the
+        usual interval between its reads there (capped, see _ROUNDS)."""
+        gap = min(t - self._t_cur[i], self._iv_cap[lid])
+        v = self._iv[i]
+        self._iv[i] = v + _IV_WEIGHT * (gap - v)
+        self._t_cur[i] = t
+
+    def _silence(self, i: int, cur: int, t: int) -> float:
+        """How long the current location has not read the tag, less what its usual read
+        rounds excuse beyond the profile's holdoff: the time Loc.offset decays by. Nothing is
+        excused once the challenger has read the tag as many times as the rounds excused: a
+        tag read that often elsewhere and not here has moved (a crossing, not a cross-read)."""
+        since = t - self._t_cur[i]
+        extra = _ROUNDS * self._iv[i] - self.locs[cur].holdoff_us
+        return since - extra if extra > 0.0 and self._n_cand[i] < _ROUNDS else since
+
     def _tentative_at(self, i: int, lid: int, s: float, t: int, n: int, since: int) -> None:
         """Take `lid` as the tag's tentative estimate: where it seems to be, not yet announced."""
         self._loc[i] = lid
         self._tentative[i] = 1
         self._s_cur[i] = s
         self._t_cur[i] = t
+        self._iv[i] = 0.0
         self._n_cur[i] = n
         self._t_since[i] = since
         self._peak[i] = s
@@ -884,6 +935,7 @@ class Engine:
             self._t_since[i] = NEVER
             self._s_cur[i] = _NAN
             self._t_cur[i] = NEVER
+            self._iv[i] = 0.0
             self._cand[i] = NONE
             self._s_cand[i] = _NAN
             self._t_cand[i] = NEVER
@@ -902,6 +954,7 @@ class Engine:
             self._t_since.append(NEVER)
             self._s_cur.append(_NAN)
             self._t_cur.append(NEVER)
+            self._iv.append(0.0)
             self._cand.append(NONE)
             self._s_cand.append(_NAN)
             self._t_cand.append(NEVER)
@@ -1034,6 +1087,7 @@ class Engine:
             self._loc[i] = self._loc_named(movement.to)
             self._s_cur[i] = _NAN
             self._t_cur[i] = t
+            self._iv[i] = 0.0
         step.states.append(self._state(i))
         self._schedule(i, self._seen[i])
         return step

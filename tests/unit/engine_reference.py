@@ -46,6 +46,10 @@ NO_EVIDENCE = 1 << 62  # "nothing undecided" in the evidence-start array (sorts 
 _NAN = float("nan")
 _RECHECK_US = 60_000_000  # a present tag at a location that never departs is looked at every minute
 _time_of = attrgetter("time_us")
+# (Ported from core.py with the read-round rule, see core._ROUNDS.)
+_ROUNDS = 4.0
+_IV_WEIGHT = 0.25
+_IV_CAP_NEVER_DEPARTS_US = 120_000_000
 
 SUPPRESSION_REASONS = (
     "unknown_antenna",  # the (reader, antenna) is not in the config
@@ -109,14 +113,14 @@ class Loc:
         # restart never judges its absence from a stale time (never, for "never departs").
         self.refresh_us = self.departed_after_us // 2 if self.departed_after_us else 1 << 62
 
-    def fade(self, since_us: int) -> float:
+    def fade(self, since_us: float) -> float:
         """How much a level measured here `since_us` ago has faded: a location's claim on a
         tag weakens, after its holdoff, at the decay rate of the offset."""
         if since_us <= self.holdoff_us:
             return 0.0
         return self.decay_per_us * (since_us - self.holdoff_us)
 
-    def offset(self, since_us: int) -> float:
+    def offset(self, since_us: float) -> float:
         """How much stronger a challenger must be, `since_us` after the last read here."""
         if since_us <= self.holdoff_us:
             return self.threshold
@@ -181,6 +185,7 @@ class Engine:
         self._t_since = array("q")  # since when the estimate holds (confirmed: the decision)
         self._s_cur = array("f")  # smoothed RSSI at the current location (NaN: unknown)
         self._t_cur = array("q")  # last read at the current location
+        self._iv = array("f")  # usual interval between reads at the current location
         self._cand = array("h")  # challenger location (NONE: none)
         self._s_cand = array("f")
         self._t_cand = array("q")  # last read at the challenger
@@ -302,6 +307,7 @@ class Engine:
             engine._t_since[i] = s.last_seen_us
             engine._s_cur[i] = _NAN  # unknown: the first read after the restart sets it
             engine._t_cur[i] = s.last_seen_us
+            engine._iv[i] = 0.0
             engine._seen[i] = s.last_seen_us
             engine._due[i] = 0
             engine._schedule(i, s.last_seen_us)
@@ -445,6 +451,7 @@ class Engine:
         if k == 0:
             self._p_min = pending[0].time_us
             self._p_scanned = len(pending)
+            self._judged_to = max(self._judged_to, cutoff)  # (fixed in both: see core._flush)
             return
         if k == len(pending):
             ready = pending
@@ -533,9 +540,9 @@ class Engine:
             s = rssi if s != s else s + alpha[lid] * (rssi - s)
             s_cur[i] = s
             if holds and t > t_cur[i]:
-                t_cur[i] = t
+                self._read_here(i, lid, t)
             if c != NONE and t_lead[i] != NEVER:
-                if s_cand[i] <= s + locs[lid].offset(t - t_cur[i]):
+                if s_cand[i] <= s + locs[lid].offset(self._silence(i, lid, t)):
                     t_lead[i] = NEVER  # read strongly where it is: the challenger lost its lead
             elif t - t_since[i] >= refresh[lid]:
                 refresh_state(i, t, step)
@@ -575,7 +582,7 @@ class Engine:
         s = rssi if s != s else s + loc.alpha * (rssi - s)
         self._s_cur[i] = s
         if t > self._t_cur[i]:
-            self._t_cur[i] = t
+            self._read_here(i, lid, t)
         if c != NONE and self._t_lead[i] != NEVER and self._s_cand[i] <= s:
             self._t_lead[i] = NEVER
         n = self._n_cur[i]
@@ -682,7 +689,7 @@ class Engine:
         if is_tentative:
             losing = s <= s_here or n < self._n_cur[i]
         else:
-            losing = s <= s_here + old.offset(t - self._t_cur[i])
+            losing = s <= s_here + old.offset(self._silence(i, cur, t))
         if losing:
             self._t_lead[i] = NEVER
             if not is_tentative and n >= self._min_reads:
@@ -711,6 +718,7 @@ class Engine:
         self._loc[i] = lid
         self._s_cur[i] = s
         self._t_cur[i] = t
+        self._iv[i] = 0.0
         self._n_cur[i] = min(n, 65535)
         self._t_since[i] = t
         self._cand[i] = NONE
@@ -719,12 +727,26 @@ class Engine:
         self._clear_evidence(i)
         self._emit(i, old, new, t, read.reader, _via(place), observed, step)
 
+    def _read_here(self, i: int, lid: int, t: int) -> None:
+        loc = self.locs[lid]
+        cap = (loc.departed_after_us or _IV_CAP_NEVER_DEPARTS_US) / (2 * _ROUNDS)
+        gap = min(t - self._t_cur[i], cap)
+        v = self._iv[i]
+        self._iv[i] = v + _IV_WEIGHT * (gap - v)
+        self._t_cur[i] = t
+
+    def _silence(self, i: int, cur: int, t: int) -> float:
+        since = t - self._t_cur[i]
+        extra = _ROUNDS * self._iv[i] - self.locs[cur].holdoff_us
+        return since - extra if extra > 0.0 and self._n_cand[i] < _ROUNDS else since
+
     def _tentative_at(self, i: int, lid: int, s: float, t: int, n: int, since: int) -> None:
         """Take `lid` as the tag's tentative estimate: where it seems to be, not yet announced."""
         self._loc[i] = lid
         self._tentative[i] = 1
         self._s_cur[i] = s
         self._t_cur[i] = t
+        self._iv[i] = 0.0
         self._n_cur[i] = n
         self._t_since[i] = since
         self._peak[i] = s
@@ -813,6 +835,7 @@ class Engine:
             self._t_since[i] = NEVER
             self._s_cur[i] = _NAN
             self._t_cur[i] = NEVER
+            self._iv[i] = 0.0
             self._cand[i] = NONE
             self._s_cand[i] = _NAN
             self._t_cand[i] = NEVER
@@ -831,6 +854,7 @@ class Engine:
             self._t_since.append(NEVER)
             self._s_cur.append(_NAN)
             self._t_cur.append(NEVER)
+            self._iv.append(0.0)
             self._cand.append(NONE)
             self._s_cand.append(_NAN)
             self._t_cand.append(NEVER)
@@ -963,6 +987,7 @@ class Engine:
             self._loc[i] = self._loc_named(movement.to)
             self._s_cur[i] = _NAN
             self._t_cur[i] = t
+            self._iv[i] = 0.0
         step.states.append(self._state(i))
         self._schedule(i, self._seen[i])
         return step

@@ -182,6 +182,31 @@ def test_parked_tag_with_strays_and_cross_reads_never_moves() -> None:
     assert s["cross_read"] > 0 and s["portal_stray"] + s["stray"] > 0
 
 
+def test_a_tag_read_every_few_seconds_is_not_taken_by_weaker_cross_reads() -> None:
+    # A zone reader sees the tag at A every 3 s. One round misses it, and the neighbouring
+    # antenna's weaker leaks come in: 2.2 s of silence would let them win by the profile's
+    # clock alone (holdoff 0.5 s, then 8 dB/s down to -6 dB), but silence is counted in the
+    # tag's own read rounds at A, and A has missed less than one.
+    engine = Engine(site())
+    reads = reads_at("zones", 1, 0, 60, rssi=-55, every_s=3.0)
+    reads += [TagRead(EPC, "zones", 2, -58, T0 + round(s * 1e6)) for s in (59.2, 59.6, 60.0)]
+    reads += reads_at("zones", 1, 63, 90, rssi=-55, every_s=3.0)
+    assert kinds(run(engine, reads, 90)) == [("arrived", None, "A")]
+
+
+def test_a_tag_read_often_elsewhere_and_not_where_it_was_moves_at_the_profiles_pace() -> None:
+    # The same slow-read tag really moves: B reads it every 0.3 s (3 dB weaker than A used
+    # to). Once B has read it as many times as A's rounds excuse, A's silence counts again.
+    engine = Engine(site())
+    reads = reads_at("zones", 1, 0, 60, rssi=-55, every_s=3.0)
+    reads += reads_at("zones", 2, 59.2, 70, rssi=-58, every_s=0.3)
+    moves = run(engine, reads, 70)
+    assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "B")]
+    # A's claim is long gone by 59.2 s (2.2 s of silence); B needs its 4 reads (the rounds),
+    # then the profile's confirm_s, then one more read: 61.15 s at the latest.
+    assert 60.0 <= secs(moves[1]) <= 59.2 + 3 * 0.3 + 0.75 + 0.3
+
+
 def test_cross_read_storm_between_one_readers_antennas() -> None:
     engine = Engine(site())
     epcs = [f"30742{k:019X}" for k in range(50)]
@@ -227,6 +252,20 @@ def test_late_and_out_of_order_reads_are_placed_as_if_in_order() -> None:
     engine.flush()
     assert engine.suppressed["late"] == 1
     assert engine.state_of(EPC) is not None and engine.state_of(EPC).location == "DOCK"  # type: ignore[union-attr]
+
+
+def test_a_read_a_window_older_than_the_newest_is_late_before_anything_was_judged() -> None:
+    # The window is measured from the newest read even when no read was old enough to be
+    # judged yet (the engine then records that everything up to the cutoff is taken: without
+    # that, each batch re-sorted the whole buffer until the reads spanned a window).
+    engine = Engine(site())
+    engine.feed([TagRead(EPC, "zones", 1, -50, T0 + 10_000_000)])
+    engine.feed([TagRead("AB" * 12, "zones", 1, -50, T0 + 9_400_000)])  # 0.6 s older
+    engine.feed([TagRead("AC" * 12, "zones", 1, -50, T0 + 9_700_000)])  # within the window
+    engine.flush()
+    assert engine.suppressed["late"] == 1
+    assert engine.state_of("AB" * 12) is not None  # still a sighting
+    assert engine.state_of("AC" * 12) is not None
 
 
 def test_restart_with_persisted_state_neither_reannounces_nor_forgets() -> None:
