@@ -1060,6 +1060,9 @@ ALL: dict[str, tuple[str, list[str], list[str] | None]] = {
     "reduction": ("gateway.bench:reduction_main", ["--json"], ["--json"]),
     # Minutes, not seconds: full runs only (or `python -m gateway.bench pipeline --quick`).
     "pipeline": ("gateway.bench:pipeline_main", ["--json"], None),
+    # Two real-time plays of a scenario (with and without load): minutes, full runs only (or
+    # `python -m gateway.bench latency --quick`, about two minutes).
+    "latency": ("gateway.bench_latency:main", ["--json"], None),
 }
 
 
@@ -1187,6 +1190,17 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         },
     )
     pick("reduction", lambda d: {k: d[k] for k in ("reads_per_message", "recall")} | {"goal": 20})
+    pick(
+        "latency",
+        lambda d: {
+            "p50_total_s": d["loaded"]["latency_s"]["all"]["total"]["p50"],
+            "p99_total_s": d["loaded"]["latency_s"]["all"]["total"]["p99"],
+            "floor_p99_total_s": d["floor"]["latency_s"]["all"]["total"]["p99"],
+            "background_reads_per_s": d["loaded"]["background"]["reads_per_s"],
+            "recall": d["loaded"]["recall"],
+            "goal": {k: d["goal"][k] for k in ("profile", "goal_s", "p99_total_s", "met")},
+        },
+    )
     return out
 
 
@@ -1226,12 +1240,19 @@ def all_main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def latency_main(argv: list[str] | None = None) -> int:
+    from gateway.bench_latency import main as latency
+
+    return latency(argv)
+
+
 MAINS = {
     "outbox": outbox_main,
     "drain": drain_main,
     "memory": memory_main,
     "reduction": reduction_main,
     "pipeline": pipeline_main,
+    "latency": latency_main,
     "all": all_main,
 }
 

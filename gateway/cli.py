@@ -37,6 +37,7 @@ BENCHES = {
     "memory": "gateway.bench:memory_main",
     "reduction": "gateway.bench:reduction_main",
     "pipeline": "gateway.bench:pipeline_main",
+    "latency": "gateway.bench_latency:main",
     "all": "gateway.bench:all_main",
 }
 
