@@ -588,10 +588,10 @@ class Engine:
             s_cur[i] = s
             c = cand_a[i]
             if c == NONE:
-                tc = t_cur[i]
-                if t > tc:
+                last_here = t_cur[i]
+                if t > last_here:
                     # (Engine._read_here, inlined.)
-                    g: float = t - tc
+                    g: float = t - last_here
                     if g > iv_cap[lid]:
                         g = iv_cap[lid]
                     v = iv[i]
@@ -612,8 +612,16 @@ class Engine:
                     - margin
                 ):
                     cross += 1
-                elif t > t_cur[i]:
-                    self._read_here(i, lid, t)
+                else:
+                    last_here = t_cur[i]
+                    if t > last_here:
+                        # (Engine._read_here, inlined.)
+                        g = t - last_here
+                        if g > iv_cap[lid]:
+                            g = iv_cap[lid]
+                        v = iv[i]
+                        iv[i] = v + iv_weight * (g - v)
+                        t_cur[i] = t
                 if t_lead[i] != NEVER:
                     # (Engine._silence and Loc.offset, inlined.)
                     since: float = t - t_cur[i]
