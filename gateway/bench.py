@@ -800,6 +800,9 @@ def memory_main(argv: list[str] | None = None) -> int:
 # --- pipeline ---------------------------------------------------------------------------------
 
 
+GENERATOR_TAGS = 1000  # distinct EPCs per generator reader
+
+
 def serve_generators(readers: int, rate_per_reader: float) -> int:
     """Child process: `readers` simulated LLRP readers in generator mode (1000 distinct EPCs
     each, 100 tags per report, antennas 1-2), paced to `rate_per_reader` tags/s. Prints
@@ -810,7 +813,7 @@ def serve_generators(readers: int, rate_per_reader: float) -> int:
         ReaderSpec(
             f"r{k}",
             generator=Generator(
-                tags=1000,
+                tags=GENERATOR_TAGS,
                 rate=rate_per_reader,
                 tags_per_report=100,
                 antennas=(1, 2),
@@ -849,12 +852,14 @@ def _scrape(port: int) -> dict[str, float]:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:  # noqa: S310 (loopback)
         text = reply.read().decode()
-    out = {"reads": 0.0, "outbox": 0.0}
+    out = {"reads": 0.0, "outbox": 0.0, "tracked": 0.0}
     for line in text.splitlines():
         if line.startswith("fc_edge_reads_total"):
             out["reads"] += float(line.rsplit(" ", 1)[1])
         elif line.startswith("fc_edge_outbox_messages "):
             out["outbox"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("fc_edge_engine_tracked_tags "):
+            out["tracked"] = float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -925,9 +930,13 @@ def pipeline_step(
                 )
             time.sleep(0.2)
         time.sleep(warmup_s)
-        # Every tag's first sighting is an arrival: let that burst publish before measuring.
-        settle = time.monotonic() + 30
-        while _scrape(metrics_port)["outbox"] > 100 and time.monotonic() < settle:
+        # Every tag's first sighting is an arrival: let the engine see every tag and that burst
+        # publish before measuring (the outbox alone can look empty before it began).
+        settle = time.monotonic() + 60
+        while time.monotonic() < settle:
+            m = _scrape(metrics_port)
+            if m["tracked"] >= readers * GENERATOR_TAGS and m["outbox"] <= 100:
+                break
             time.sleep(0.2)
         m0, c0, t0 = _scrape(metrics_port), _cpu_s(gateway.pid), time.perf_counter()
         time.sleep(measure_s)

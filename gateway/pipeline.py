@@ -50,11 +50,32 @@ class _Item:
     future: Future[None] | None = None
 
 
-class GatewaySink:
-    """Thread-safe, never blocks: drivers append, the ingest loop takes everything at once."""
+# Reads a driver thread may queue ahead of the ingest loop before it is held back: ~6 s of what
+# one gateway process sustains (docs/performance.md, pipeline). Without a bound, readers offering
+# more than the pipeline takes grew the queue without limit, and 16 decoding threads starved
+# the loop of the GIL: 40k reads/s offered, 916 processed.
+MAX_QUEUED_READS = 200_000
 
-    def __init__(self, cursors: Mapping[str, int], on_state: Callable[[str, DriverHealth], None]):
+
+class GatewaySink:
+    """Thread-safe: drivers append, the ingest loop takes everything at once. A driver *thread*
+    offering reads while MAX_QUEUED_READS wait is held back until the loop takes them
+    (backpressure: the reader's socket then fills and the reader buffers, as it would for a
+    slow network; nothing is dropped). The event loop's own thread is never held (an async
+    driver paces itself), nor is anyone once release() was called (shutdown)."""
+
+    def __init__(
+        self,
+        cursors: Mapping[str, int],
+        on_state: Callable[[str, DriverHealth], None],
+        max_queued_reads: int = MAX_QUEUED_READS,
+    ):
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._max_rows = max_queued_reads
+        self._released = False
+        self._loop_thread: int | None = None
+        self.held_back_s = 0.0  # total time driver threads waited for room
         self._items: list[_Item] = []
         self._rows = 0
         self._cursors = dict(cursors)
@@ -63,7 +84,26 @@ class GatewaySink:
         self._wake: asyncio.Event | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        """Called from the loop's thread."""
         self._loop, self._wake = loop, wake
+        self._loop_thread = threading.get_ident()
+
+    def release(self) -> None:
+        """Never hold a driver back again (shutdown: the loop stops taking)."""
+        with self._room:
+            self._released = True
+            self._room.notify_all()
+
+    def _wait_for_room(self) -> None:
+        if threading.get_ident() == self._loop_thread:
+            return
+        with self._room:
+            if self._rows < self._max_rows or self._released:
+                return
+            started = time.monotonic()
+            while self._rows >= self._max_rows and not self._released:
+                self._room.wait(timeout=1.0)
+            self.held_back_s += time.monotonic() - started
 
     def _put(self, item: _Item, rows: int) -> None:
         with self._lock:
@@ -78,6 +118,8 @@ class GatewaySink:
 
     def reads(self, batch: Sequence[TagRead], cursors: Mapping[str, int] | None = None) -> None:
         if batch or cursors:
+            if batch:
+                self._wait_for_room()
             self._put(_Item("reads", batch, cursors), len(batch))
 
     def event(self, event: DeviceEvent) -> None:
@@ -99,8 +141,9 @@ class GatewaySink:
         return self._rows
 
     def take(self) -> list[_Item]:
-        with self._lock:
+        with self._room:
             items, self._items, self._rows = self._items, [], 0
+            self._room.notify_all()
         return items
 
 
@@ -541,6 +584,7 @@ class Pipeline:
     async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self.stopping = True
         sdnotify.notify("STOPPING=1")
+        self.sink.release()  # a driver thread held back would never see its close
         for task in self.driver_tasks.values():
             task.cancel()
         await asyncio.gather(*self.driver_tasks.values(), return_exceptions=True)
@@ -623,7 +667,19 @@ class Pipeline:
         return ok, {"ready": ok, **broker, "outbox": stats, "devices": devices}
 
     def _collect(self) -> list[Any]:
-        out: list[Any] = []
+        out: list[Any] = [
+            gauge(
+                "ingest_queued_reads",
+                "Reads the drivers handed over, not yet taken",
+                self.sink.rows,
+            ),
+            counter(
+                "ingest_held_back_seconds_total",
+                "Time driver threads waited because the pipeline was behind (backpressure)",
+                {(): self.sink.held_back_s},
+                [],
+            ),
+        ]
         if self.outbox is not None:
             st = self.outbox.stats()
             out.append(gauge("outbox_messages", "Messages waiting in the outbox", st.depth))
