@@ -724,13 +724,7 @@ def bench_memory(idle_s: float = 3.0, base: str | None = None) -> dict[str, Any]
             floor_samples = _sample_rss(floor.pid, 2, 0.05)
         finally:
             for proc in (gateway, floor, broker):
-                if proc is not None and proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                _stop(proc)
     rss = _median(gw_samples)
     bare = _median(floor_samples)
     doc.update(
