@@ -22,8 +22,8 @@ How a read becomes a movement (docs/engine.md has the long form):
 5. tick(): a present tag unread for its location's departed_after_s departs (to = null);
    an absent tag unread for forget_after_s is dropped.
 
-Per-tag state lives in parallel typed arrays indexed by a slot number (about 60 bytes a tag)
-so a million tracked tags fit in ~250 MB with their EPC strings and the index dict.
+Per-tag state lives in parallel typed arrays indexed by a slot number (about 90 bytes a tag)
+so a million tracked tags fit in ~240 MB with their EPC strings and the index dict.
 """
 
 from __future__ import annotations
