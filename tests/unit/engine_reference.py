@@ -654,7 +654,7 @@ class Engine:
             # gone quiet (else cross-reads between two neighbours, or one outlier, would keep
             # resetting a true move's evidence).
             cl = self.locs[c]
-            fresh = t - self._t_cand[i] <= cl.holdoff_us
+            fresh = t - self._t_cand[i] <= cl.holdoff_us and self._n_cand[i] >= self._min_reads
             if fresh or rssi <= self._s_cand[i] + cl.threshold:
                 if rssi > self._s_cand[i]:
                     # Not enough to take over, but stronger: the challenger is not the clear

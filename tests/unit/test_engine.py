@@ -207,6 +207,19 @@ def test_a_tag_read_often_elsewhere_and_not_where_it_was_moves_at_the_profiles_p
     assert 60.0 <= secs(moves[1]) <= 59.2 + 3 * 0.3 + 0.75 + 0.3
 
 
+def test_one_weak_stray_does_not_hold_off_a_first_sightings_real_location() -> None:
+    # Found on an unseen harsh variant: a parked tag is first read by the neighbouring antenna
+    # (B), a single weak stray from a third place (the dock) becomes the challenger, and while
+    # that one read was "fresh" (its holdoff) it held off every strong read at A. By then B had
+    # been read more often than A: there B was confirmed and the tag "moved" to A 3 s later;
+    # here no location ever won. A single read is no evidence to protect.
+    engine = Engine(site())
+    reads = [TagRead(EPC, "zones", 2, -57, T0), TagRead(EPC, "dock", 2, -71, T0 + 40_000)]
+    reads += reads_at("zones", 1, 0.07, 10, rssi=-52, every_s=0.15)
+    reads += reads_at("zones", 2, 0.25, 10, rssi=-58, every_s=0.1)
+    assert kinds(run(engine, reads, 10)) == [("arrived", None, "A")]
+
+
 def test_cross_read_storm_between_one_readers_antennas() -> None:
     engine = Engine(site())
     epcs = [f"30742{k:019X}" for k in range(50)]

@@ -63,9 +63,9 @@ def test_harsher_unseen_variants_never_move_a_parked_tag(
     variant = tmp_path / path.name
     variant.write_text(json.dumps(harsh_variant(raw, seed)), encoding="utf-8")
     result = accuracy_of(variant, runners=("engine",))["engine"]
-    # Measured (docs/engine.md): parked tags never move once confirmed; the residual is a
-    # parked tag first *sighted* at a neighbour antenna of its reader (a cross-read in its first
-    # second) and corrected 2-3 s later: 2 such on noisy seed 13, none elsewhere. Conveyor
+    # Measured (docs/engine.md): no parked tag moves, on seeds 11-13 and 21-22 of every
+    # shipped scenario (the last two false first sightings went with the single-read rule,
+    # test_one_weak_stray_does_not_hold_off_a_first_sightings_real_location). Conveyor
     # variants lose recall to timing (2 s steps, moves decided 2-4 s after the step's end).
-    assert result["parked_false_moves"] <= 2, result
+    assert result["parked_false_moves"] == 0, result
     assert result["precision"] >= 0.8 and result["recall"] >= 0.8, result
