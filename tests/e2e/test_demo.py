@@ -234,8 +234,15 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def _sigint_as_on_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_child_process() -> None:
-    proc = run_demo("--duration-s", "60", "--no-tty")
+    # A user's Ctrl-C reaches a demo in the foreground. A suite started in the background by a
+    # non-interactive shell (`make test-slow &`) hands SIGINT down as ignored, and Python then
+    # keeps ignoring it: restore the default, as a terminal's foreground process has it.
+    proc = run_demo("--duration-s", "60", "--no-tty", preexec_fn=_sigint_as_on_a_terminal)
     # The broker, 4 simulators, listen and the gateway: 7 children once the site is up.
     kids: set[int] = wait_for(
         lambda: (lambda k: k if len(k) >= 7 else None)(children_of(proc.pid)), 60
