@@ -232,12 +232,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
 def _sigint_as_on_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_ctrl_c_stops_every_child_process() -> None:
     # A user's Ctrl-C reaches a demo in the foreground. A suite started in the background by a
     # non-interactive shell (`make test-slow &`) hands SIGINT down as ignored, and Python then
