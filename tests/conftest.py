@@ -187,9 +187,26 @@ def gateway_toml(
     gw: str = "gw-1",
     metrics_port: int | None = None,
 ) -> str:
-    return f"""{gateway_head(state_dir, broker_url, site, gw, metrics_port)}
+    metrics = (
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+        if metrics_port
+        else "[metrics]\nenabled = false\n"
+    )
+    return f"""
+[gateway]
+site = "{site}"
+id = "{gw}"
+state_dir = "{state_dir}"
+shutdown_timeout_s = 5
+
+[mqtt]
+url = "{broker_url}"
+client_id = "fc-edge-{gw}"
+
 [outbox]
 {outbox}
+
+{metrics}
 
 [locations.YARD]
 offsite = true
@@ -208,16 +225,8 @@ disposition = "sellable_not_accessible"
 """
 
 
-def gateway_head(
-    state_dir: Path,
-    broker_url: str,
-    site: str = "S1",
-    gw: str = "gw-1",
-    metrics_port: int | None = None,
-) -> str:
-    """[gateway], [mqtt] and [metrics] (off unless a port is given): what every test config
-    shares."""
-    metrics = f'listen = "127.0.0.1:{metrics_port}"' if metrics_port else "enabled = false"
+def gateway_head(state_dir: Path, broker_url: str, site: str = "S1", gw: str = "gw-1") -> str:
+    """[gateway], [mqtt] and metrics off: the part every test config shares."""
     return f"""
 [gateway]
 site = "{site}"
@@ -228,7 +237,7 @@ shutdown_timeout_s = 5
 url = "{broker_url}"
 client_id = "fc-edge-{gw}"
 [metrics]
-{metrics}
+enabled = false
 """
 
 
