@@ -11,7 +11,7 @@ APT_TOOLS := mosquitto:mosquitto socat:socat openssl:openssl systemd-analyze:sys
 
 .PHONY: test test-slow demo lint typecheck bench soak fuzz clean system-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml gateway/engine/_hotloop.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

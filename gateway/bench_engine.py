@@ -2,6 +2,7 @@
 
     fc-edge bench accuracy --json [--scenario FILE ...] [--time-tolerance-s S]
     fc-edge bench engine --json [--tags 10000,100000,1000000] [--reads 300000] [--runs 5]
+                                [--loop default|python]
 
 `accuracy` renders each scenario (default: every shipped one with readers), derives the
 gateway config it describes (write_gateway_config -> gateway.config.load), feeds the reads in
@@ -12,7 +13,9 @@ reads and config.
 
 `engine` measures reads/s through feed() on one core with N tracked tags (median of the runs),
 the bytes per tracked tag by tracemalloc, and the floor measured in the same run: a bare loop
-that only updates a dict per read. The speed figure is reported as a ratio to that floor.
+that only updates a dict per read. The speed figure is reported as a ratio to that floor, with
+the hot loop that ran ("c": gateway/engine/_hotloop.c; "python": --loop python, or a box
+where it was not built).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Protocol
 
 from gateway.engine import Engine, EngineConfig, Step
 from gateway.engine.baselines import EdgeXRule, LastAntennaWins
+from gateway.engine.core import PythonLoopEngine
 from gateway.model import Movement, TagRead, iso_ms
 
 EPOCH_US = 1_764_000_000_000_000  # scenario t=0 on the reader clock (late 2025)
@@ -339,14 +343,19 @@ def _time_floor(reads: list[TagRead], batch: int = 500) -> tuple[float, float]:
 
 
 def speed(
-    n_tags: int, n_reads: int, runs: int, reader_rate: float, seed: int = 1
+    n_tags: int,
+    n_reads: int,
+    runs: int,
+    reader_rate: float,
+    seed: int = 1,
+    engine_class: type[Engine] = Engine,
 ) -> dict[str, Any]:
     """Reads/s of the engine on stationary tags, reader time advancing at `reader_rate` reads/s
     (the rate the engine is asked to keep up with: at 1M tags and 300k reads/s a tag is read
     every ~3 s, so the share of reads that refresh a persisted state or meet a stale location
     is what such a site would produce)."""
     rng = random.Random(seed)
-    engine = Engine(_site())
+    engine = engine_class(_site())
     t = _warm(engine, n_tags, EPOCH_US)
     engine_s, floor_s = [], []
     for _ in range(runs):
@@ -363,6 +372,7 @@ def speed(
     cpu_floor = n_reads / statistics.median(c for _, c in floor_s)
     return {
         "tracked_tags": engine.tracked,
+        "hot_loop": engine.hot_loop,
         "reads_per_run": n_reads,
         "reader_time_reads_per_s": reader_rate,
         "runs": runs,
@@ -422,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         default=300_000.0,
         help="reads/s of reader time in the workload (default: the 300k reads/s goal)",
     )
+    eng.add_argument(
+        "--loop",
+        choices=["default", "python"],
+        default="default",
+        help="default: the compiled hot loop where it is built; python: the Python loop",
+    )
     eng.add_argument("--json", action="store_true", help="print JSON (the default)")
     args = parser.parse_args(argv)
     if args.what == "accuracy":
@@ -431,7 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [int(x) for x in args.tags.split(",") if x]
     report: dict[str, Any] = {"bench": "engine", "python": sys.version.split()[0]}
-    report["speed"] = [speed(n, args.reads, args.runs, args.reader_rate) for n in sizes]
+    engine_class = PythonLoopEngine if args.loop == "python" else Engine
+    report["speed"] = [
+        speed(n, args.reads, args.runs, args.reader_rate, engine_class=engine_class) for n in sizes
+    ]
     if args.memory_tags:
         report["memory"] = bytes_per_tag(args.memory_tags)
     print(json.dumps(report, indent=2))

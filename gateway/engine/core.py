@@ -34,9 +34,15 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import ClassVar
 
 from gateway.engine.config import EngineConfig, LocationInfo, Place
 from gateway.model import Movement, Observed, TagRead, TagState
+
+try:  # the hot loop, compiled at install time when a C compiler is there (pyproject.toml)
+    from gateway.engine import _hotloop
+except ImportError:  # pragma: no cover - the Python loop decides alike, only slower
+    _hotloop = None  # type: ignore[assignment]
 
 NONE = -1  # "no location" in the location arrays
 NEVER = -(1 << 62)  # "no time" in the time arrays
@@ -52,6 +58,12 @@ _time_of = attrgetter("time_us")
 _ROUNDS = 4.0
 _IV_WEIGHT = 0.25
 _IV_CAP_NEVER_DEPARTS_US = 120_000_000
+
+if _hotloop is not None:
+    _hotloop.setup(NONE, NEVER, NO_EVIDENCE, _ROUNDS, _IV_WEIGHT)
+
+# What the hot loop counts itself, in the order it returns the counts.
+_HOT_LOOP_COUNTS = ("unknown_antenna", "weak", "late", "cross_read")
 
 SUPPRESSION_REASONS = (
     "unknown_antenna",  # the (reader, antenna) is not in the config
@@ -189,6 +201,10 @@ def transition_kind(old: Loc | None, new: Loc | None) -> str | None:
 
 
 class Engine:
+    # Judge reads with the compiled copy of _judge_python (gateway/engine/_hotloop.c) when it
+    # was built; a subclass may turn it off (the tests run both loops).
+    compiled_loop: ClassVar[bool] = _hotloop is not None
+
     def __init__(self, config: EngineConfig) -> None:
         self.suppressed: dict[str, int] = dict.fromkeys(SUPPRESSION_REASONS, 0)
         self.movement_counts: dict[str, int] = {"arrived": 0, "moved": 0, "departed": 0}
@@ -501,10 +517,30 @@ class Engine:
         self._judged_to = max(self._judged_to, cutoff)
         self._judge(ready, late_before, step)
 
+    @property
+    def hot_loop(self) -> str:
+        """Which loop judges reads: "c" (compiled) or "python"."""
+        return "c" if self.compiled_loop else "python"
+
     def _judge(self, reads: list[TagRead], late_before: int, step: Step) -> None:
+        if self.compiled_loop:
+            counts = _hotloop.judge(self, reads, late_before, step)
+        else:
+            counts = self._judge_python(reads, late_before, step)
+        suppressed = self.suppressed
+        for reason, n in zip(_HOT_LOOP_COUNTS, counts, strict=True):
+            if n:
+                suppressed[reason] += n
+
+    def _judge_python(
+        self, reads: list[TagRead], late_before: int, step: Step
+    ) -> tuple[int, int, int, int]:
         """The hot loop: kept flat, with locals, no method calls and no allocation for the
         common read (a confirmed tag read again where it is). Everything else goes to the slow
-        paths below, which hold the rules; this loop only repeats the rules of that one case."""
+        paths below, which hold the rules; this loop only repeats the rules of that one case.
+        gateway/engine/_hotloop.c is its compiled copy: change both (tests/unit/
+        test_engine_golden.py holds each to the reference engine). Returns the counts of
+        _HOT_LOOP_COUNTS."""
         places = self._places
         index = self._index
         loc_a = self._loc
@@ -649,15 +685,7 @@ class Engine:
                     set_location(state, name)
                     set_last_seen(state, seen[i])
                     states.append(state)
-        suppressed = self.suppressed
-        if unknown:
-            suppressed["unknown_antenna"] += unknown
-        if weak:
-            suppressed["weak"] += weak
-        if late:
-            suppressed["late"] += late
-        if cross:
-            suppressed["cross_read"] += cross
+        return unknown, weak, late, cross
 
     def _refresh_state(self, i: int, t: int, step: Step) -> None:
         """Persist a fresh last_seen_us for a tag that stays where it is (nothing pending)."""
@@ -1101,6 +1129,14 @@ class Engine:
         step.states.append(self._state(i))
         self._schedule(i, self._seen[i])
         return step
+
+
+class PythonLoopEngine(Engine):
+    """The engine judging reads with its Python loop even where the compiled one is built:
+    what a box without a C compiler runs (the bench measures both; the tests hold both to the
+    reference engine)."""
+
+    compiled_loop = False
 
 
 def _via(place: Place) -> str:

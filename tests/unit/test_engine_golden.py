@@ -39,6 +39,7 @@ from gateway.bench_engine import (
     shipped_scenarios,
 )
 from gateway.engine import Engine, EngineConfig
+from gateway.engine.core import PythonLoopEngine
 from gateway.engine.settings import EngineSettings
 from gateway.model import Movement, TagRead, TagState
 from tests.unit import engine_reference
@@ -52,6 +53,13 @@ BATCH_US = 50_000
 TICK_US = 250_000
 
 Factory = Callable[[EngineConfig], Any]
+
+
+# Both hot loops must decide as the reference engine does.
+LOOPS = [
+    pytest.param(Engine, id="compiled-loop"),
+    pytest.param(PythonLoopEngine, id="python-loop"),
+]
 
 
 # --- driving an engine and recording everything it says -----------------------------------------
@@ -160,18 +168,20 @@ def _marks(path: Path) -> list[Any]:
     ("path", "seed"),
     [pytest.param(p, s, id=_case_id(p, s), marks=_marks(p)) for p, s in CASES],
 )
+@pytest.mark.parametrize("make", LOOPS)
 def test_scenario_output_is_the_recorded_one_and_the_reference_engines(
-    path: Path, seed: int | None
+    path: Path, seed: int | None, make: Factory
 ) -> None:
     config, reads, end_us = _scenario_input(path, seed)
-    got = drive(Engine, config, reads, end_us)
+    got = drive(make, config, reads, end_us)
     recorded = _load_golden()[_case_id(path, seed)]
     if recorded["reads"] == _digest(reads):  # else the simulator changed: the reference decides
         assert golden_movements(got) == recorded["movements"]
     assert got == drive(engine_reference.Engine, config, reads, end_us)
 
 
-def test_steady_state_with_eviction_matches_the_reference() -> None:
+@pytest.mark.parametrize("make", LOOPS)
+def test_steady_state_with_eviction_matches_the_reference(make: Factory) -> None:
     """The bench's workload (stationary tags, 5 % cross-reads) on a capped engine, with
     out-of-order batches, so eviction, late reads and refreshes all happen."""
     config = _site()
@@ -188,8 +198,7 @@ def test_steady_state_with_eviction_matches_the_reference() -> None:
         rng.shuffle(chunk)
         reads[k : k + 64] = chunk
     traces = []
-    for make in (Engine, engine_reference.Engine):
-        engine = make(config)
+    for engine in (make(config), engine_reference.Engine(config)):
         out: list[Any] = []
         for k in range(0, len(reads), 500):
             step = engine.feed(reads[k : k + 500])
@@ -268,15 +277,24 @@ def _movement_list(step: Any) -> tuple[list[Any], list[Any]]:
     return [_movement(m) for m in step.movements], _states(step.states)
 
 
+@pytest.mark.parametrize("make", LOOPS)
 @settings(max_examples=150, deadline=None)
 @given(st.lists(event, max_size=60), st.sampled_from([{}, {"min_reads": 1}, {"max_tags": 2}]))
 def test_random_traffic_decides_as_the_reference(
-    events: list[Any], overrides: dict[str, int]
+    make: Factory, events: list[Any], overrides: dict[str, int]
 ) -> None:
     config = site(**overrides)
-    assert _replay_events(Engine, events, config) == _replay_events(
+    assert _replay_events(make, events, config) == _replay_events(
         engine_reference.Engine, events, config
     )
+
+
+def test_the_compiled_loop_is_built_and_used() -> None:
+    """This project's machines have a C compiler: the engine must not quietly fall back to
+    the Python loop there (`make` rebuilds it when gateway/engine/_hotloop.c changes)."""
+    assert Engine.compiled_loop, "gateway/engine/_hotloop.c was not built: pip install -e ."
+    assert Engine(site()).hot_loop == "c"
+    assert PythonLoopEngine(site()).hot_loop == "python"
 
 
 # --- the golden file ----------------------------------------------------------------------------

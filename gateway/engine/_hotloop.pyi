@@ -1,0 +1,7 @@
+# Types of the compiled hot loop (gateway/engine/_hotloop.c).
+from typing import Any
+
+def setup(none: int, never: int, no_evidence: int, rounds: float, iv_weight: float, /) -> None: ...
+def judge(
+    engine: Any, reads: list[Any], late_before: int, step: Any, /
+) -> tuple[int, int, int, int]: ...
