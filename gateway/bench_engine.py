@@ -386,14 +386,14 @@ def speed(
     }
 
 
-def bytes_per_tag(n_tags: int) -> dict[str, Any]:
+def bytes_per_tag(n_tags: int, engine_class: type[Engine] = Engine) -> dict[str, Any]:
     """tracemalloc over everything the engine keeps for n_tags (their EPC strings included):
     reads are made and dropped batch by batch inside the measured span."""
     config = _site()
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    engine = Engine(config)
+    engine = engine_class(config)
     _warm(engine, n_tags, EPOCH_US)
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
@@ -446,13 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"bench": "accuracy", "scenarios": results}, indent=2))
         return 0
     sizes = [int(x) for x in args.tags.split(",") if x]
-    report: dict[str, Any] = {"bench": "engine", "python": sys.version.split()[0]}
+    from gateway.bench import _loadavg, machine
+
+    report: dict[str, Any] = {"bench": "engine", "machine": machine()}
     engine_class = PythonLoopEngine if args.loop == "python" else Engine
     report["speed"] = [
         speed(n, args.reads, args.runs, args.reader_rate, engine_class=engine_class) for n in sizes
     ]
     if args.memory_tags:
-        report["memory"] = bytes_per_tag(args.memory_tags)
+        report["memory"] = bytes_per_tag(args.memory_tags, engine_class)
+    report["loadavg_after"] = _loadavg()
     print(json.dumps(report, indent=2))
     return 0
 

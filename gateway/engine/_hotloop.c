@@ -197,18 +197,18 @@ typedef struct {
     long long unknown, weak, late, cross;
 } Judge;
 
-/* A slow path: method(i, lid, place, rssi, t, read, step), as the Python loop calls it. */
-static int call_slow(Judge *j, PyObject *method, Py_ssize_t i, PyObject *lid, PyObject *place,
+/* A slow path: method(i, lid, place, rssi, t, read, step), as the Python loop calls it. `i` is
+ * the index's own int object, as in the Python loop: the slow paths keep it (in the absence
+ * wheel, the evidence heap), and a copy would cost 28 bytes a tracked tag. */
+static int call_slow(Judge *j, PyObject *method, PyObject *i, PyObject *lid, PyObject *place,
                      double rssi, PyObject *t, PyObject *read)
 {
-    PyObject *py_i = PyLong_FromSsize_t(i);
     PyObject *py_rssi = PyFloat_FromDouble(rssi);
     PyObject *result = NULL;
-    if (py_i != NULL && py_rssi != NULL) {
-        PyObject *args[] = {py_i, lid, place, py_rssi, t, read, j->step};
+    if (py_rssi != NULL) {
+        PyObject *args[] = {i, lid, place, py_rssi, t, read, j->step};
         result = PyObject_Vectorcall(method, args, 7, NULL);
     }
-    Py_XDECREF(py_i);
     Py_XDECREF(py_rssi);
     if (result == NULL)
         return -1;
@@ -216,20 +216,16 @@ static int call_slow(Judge *j, PyObject *method, Py_ssize_t i, PyObject *lid, Py
     return 0;
 }
 
-/* A new tag: Engine._slot(epc, t), with the arrays let go (it may grow them). */
-static Py_ssize_t new_slot(Judge *j, PyObject *epc, PyObject *t)
+/* A new tag: Engine._slot(epc, t), with the arrays let go (it may grow them). Returns its
+ * slot number (a new reference), or NULL with an exception set. */
+static PyObject *new_slot(Judge *j, PyObject *epc, PyObject *t)
 {
     release_arrays(&j->a);
     PyObject *args[] = {epc, t};
-    PyObject *result = PyObject_Vectorcall(j->slot, args, 2, NULL);
-    Py_ssize_t i = -1;
-    if (result != NULL) {
-        i = PyLong_AsSsize_t(result);
-        Py_DECREF(result);
-    }
+    PyObject *slot = PyObject_Vectorcall(j->slot, args, 2, NULL);
     if (take_arrays(j->engine, &j->a) < 0)
-        return -1;
-    return i;
+        Py_CLEAR(slot);
+    return slot;
 }
 
 /* (Engine._read_here, as inlined in the Python loop.) */
@@ -276,7 +272,7 @@ static int judge_one(Judge *j, PyObject *read)
 {
     int rc = -1;
     PyObject *epc = NULL, *reader = NULL, *antenna = NULL, *rssi_obj = NULL, *t_obj = NULL;
-    PyObject *place = NULL;
+    PyObject *place = NULL, *slot_obj = NULL;
 
     reader = PyObject_GetAttr(read, str_reader);
     antenna = reader ? PyObject_GetAttr(read, str_antenna) : NULL;
@@ -337,7 +333,7 @@ static int judge_one(Judge *j, PyObject *read)
 
     Arrays *a = &j->a;
     Py_ssize_t i;
-    PyObject *slot_obj = PyDict_GetItemWithError(j->index, epc);
+    slot_obj = PyDict_GetItemWithError(j->index, epc);
     if (slot_obj == NULL) {
         if (PyErr_Occurred())
             goto done;
@@ -346,11 +342,15 @@ static int judge_one(Judge *j, PyObject *read)
             rc = 0;
             goto done;
         }
-        i = new_slot(j, epc, t_obj);
-        if (i < 0)
+        slot_obj = new_slot(j, epc, t_obj);
+        if (slot_obj == NULL)
+            goto done;
+        i = PyLong_AsSsize_t(slot_obj);
+        if (i == -1 && PyErr_Occurred())
             goto done;
     }
     else {
+        Py_INCREF(slot_obj); /* held across the slow paths' Python code */
         i = PyLong_AsSsize_t(slot_obj);
         if (i < 0 || i >= a->len) {
             if (!PyErr_Occurred())
@@ -376,11 +376,11 @@ static int judge_one(Judge *j, PyObject *read)
     }
     PyObject *place_info = PyTuple_GET_ITEM(place, 2);
     if ((long long)lid != (long long)a->loc[i]) {
-        rc = call_slow(j, j->challenge, i, lid_obj, place_info, rssi, t_obj, read);
+        rc = call_slow(j, j->challenge, slot_obj, lid_obj, place_info, rssi, t_obj, read);
         goto done;
     }
     if (a->tentative[i]) {
-        rc = call_slow(j, j->tentative_read, i, lid_obj, place_info, rssi, t_obj, read);
+        rc = call_slow(j, j->tentative_read, slot_obj, lid_obj, place_info, rssi, t_obj, read);
         goto done;
     }
     const LocNumbers *here = &j->locs[lid];
@@ -411,18 +411,15 @@ static int judge_one(Judge *j, PyObject *read)
         }
     }
     if (t - a->t_since[i] >= here->refresh && a->ev[i] == NO_EVIDENCE && here->present) {
-        PyObject *py_i = PyLong_FromSsize_t(i);
-        if (py_i == NULL)
-            goto done;
-        PyObject *args[] = {py_i, t_obj, j->step};
+        PyObject *args[] = {slot_obj, t_obj, j->step};
         PyObject *result = PyObject_Vectorcall(j->refresh_state, args, 3, NULL);
-        Py_DECREF(py_i);
         if (result == NULL)
             goto done;
         Py_DECREF(result);
     }
     rc = 0;
 done:
+    Py_XDECREF(slot_obj);
     Py_XDECREF(place);
     Py_XDECREF(epc);
     Py_XDECREF(reader);

@@ -93,3 +93,21 @@ def test_a_failing_child_is_reported_not_fatal() -> None:
     result = bench.run_child("gateway.bench:outbox_main", ["--movements", "-1"], 60.0)
     assert result["error"].startswith("exit status") and "--movements" in result["stderr_tail"]
     assert bench.headline({"outbox": result})["outbox"] == {"error": result["error"]}
+
+
+@pytest.mark.parametrize(("loop", "hot_loop"), [("default", "c"), ("python", "python")])
+def test_engine_bench_says_which_hot_loop_ran(
+    capsys: pytest.CaptureFixture[str], loop: str, hot_loop: str
+) -> None:
+    from gateway import bench_engine
+
+    argv = ["engine", "--json", "--tags", "2000", "--reads", "4000", "--runs", "1"]
+    doc = run_json(capsys, bench_engine.main, [*argv, "--memory-tags", "2000", "--loop", loop])
+    assert doc["bench"] == "engine"
+    assert_machine(doc)
+    (speed,) = doc["speed"]
+    assert speed["hot_loop"] == hot_loop and speed["tracked_tags"] == 2000
+    assert speed["reads_per_s"] > 0 and speed["floor_reads_per_s"] > 0
+    ratio = speed["reads_per_s"] / speed["floor_reads_per_s"]
+    assert speed["ratio_to_floor"] == pytest.approx(ratio, abs=1e-3)
+    assert 100 < doc["memory"]["bytes_per_tag"] < 1000

@@ -33,6 +33,7 @@ from gateway.bench_engine import (
     EPOCH_US,
     _population_reads,
     _site,
+    bytes_per_tag,
     harsh_variant,
     scenario_config,
     scenario_reads,
@@ -287,6 +288,15 @@ def test_random_traffic_decides_as_the_reference(
     assert _replay_events(make, events, config) == _replay_events(
         engine_reference.Engine, events, config
     )
+
+
+def test_both_loops_keep_the_same_memory_per_tag() -> None:
+    """The compiled loop hands the slow paths the index's own slot objects, as the Python loop
+    does: a copy of each would be kept in the absence wheel, 28 bytes a tag more."""
+    compiled = bytes_per_tag(20_000, Engine)
+    python = bytes_per_tag(20_000, PythonLoopEngine)
+    assert compiled["tracked_tags"] == python["tracked_tags"] == 20_000
+    assert abs(compiled["bytes_per_tag"] - python["bytes_per_tag"]) < 2.0, (compiled, python)
 
 
 def test_the_compiled_loop_is_built_and_used() -> None:
