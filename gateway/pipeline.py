@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -212,6 +213,12 @@ class Pipeline:
             self.outbox.stats().depth,
             len(states),
         )
+        if self.engine.hot_loop != "c":
+            log.warning(
+                "the engine's compiled hot loop was not built (no C compiler when fc-edge was "
+                "installed): reads are judged by its Python loop, the same decisions at about "
+                "half the speed at 100k tracked tags and more (docs/install.md)"
+            )
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._publish_wake = asyncio.Event()
@@ -827,6 +834,8 @@ async def run_gateway(
 
 def _shutdown_hung(grace_s: float) -> None:
     log.critical("shutdown did not finish in %.0f s; exiting (the outbox is consistent)", grace_s)
+    # Where it hung, for the bug report: every thread's stack, to stderr (the journal).
+    faulthandler.dump_traceback(all_threads=True)
     os._exit(70)
 
 
