@@ -1,0 +1,32 @@
+"""The last resort of a hung shutdown (gateway.pipeline._shutdown_hung): exit 70 at once, with
+every thread's stack on stderr so the hang can be found from the journal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_a_hung_shutdown_exits_70_and_shows_where_each_thread_was() -> None:
+    script = textwrap.dedent(
+        """
+        import threading, time
+        from gateway.pipeline import _shutdown_hung
+
+        def stuck_in_a_device_library():
+            time.sleep(60)
+
+        threading.Thread(target=stuck_in_a_device_library, daemon=True).start()
+        time.sleep(0.2)
+        _shutdown_hung(20.0)
+        print("not reached")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 70
+    assert "not reached" not in done.stdout
+    assert "shutdown did not finish in 20 s" in done.stderr
+    assert "stuck_in_a_device_library" in done.stderr  # the hung thread's stack
