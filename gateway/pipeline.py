@@ -10,11 +10,13 @@ which deletes them. Nothing waits anywhere but in the outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import faulthandler
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -297,10 +299,12 @@ class Pipeline:
         tick_s = self.settings.engine.tick_s
         last_commit = last_tick = loop.time()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=tick_s)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11, wait_for returns normally when the
+            # event is set just as the task is cancelled, so the loop ran on after shutdown
+            # cancelled it, and the stop hung until the hard exit (seen under load).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick_s):
+                    await self._wake.wait()
             # Let a batch build up: commit at most every commit_interval_s or commit_rows.
             deadline = last_commit + o.commit_interval_s
             while self.sink.rows < o.commit_rows and loop.time() < deadline:
@@ -814,7 +818,7 @@ async def run_gateway(
         stop.set()
         # A shutdown that hangs (a device library that ignores cancellation) must not keep
         # the process alive: exiting is as safe as a kill -9, which the outbox is built for.
-        timer = threading.Timer(grace_s, _shutdown_hung, args=(grace_s,))
+        timer = threading.Timer(grace_s, _shutdown_hung, args=(grace_s, loop))
         timer.daemon = True
         timer.start()
 
@@ -832,10 +836,21 @@ async def run_gateway(
     return 0
 
 
-def _shutdown_hung(grace_s: float) -> None:
+def _shutdown_hung(grace_s: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
     log.critical("shutdown did not finish in %.0f s; exiting (the outbox is consistent)", grace_s)
-    # Where it hung, for the bug report: every thread's stack, to stderr (the journal).
+    # Where it hung, for the bug report, to stderr (the journal): every thread's stack, and
+    # what each asyncio task awaits (the loop itself sits idle in select when a task waits
+    # for something that never comes). Read from this thread without the loop's lock: the
+    # process is about to end, and a torn read costs only a line of the report.
     faulthandler.dump_traceback(all_threads=True)
+    if loop is not None:
+        try:
+            for task in list(asyncio.all_tasks(loop)):
+                print(f"task {task.get_name()}:", file=sys.stderr)
+                task.print_stack(limit=8, file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not stop the exit
+            print(f"(tasks not listed: {exc!r})", file=sys.stderr)
+    sys.stderr.flush()
     os._exit(70)
 
 
