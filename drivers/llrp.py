@@ -604,10 +604,10 @@ class LLRPDriver(Driver):
         opts = self.options
         polite = opts.close_timeout_s / 2
         try:
-            await asyncio.wait_for(
-                run_in_daemon_thread(lambda: session.close(polite), f"llrp-close-{self.name}"),
-                timeout=opts.close_timeout_s + 1.0,
-            )
+            # (asyncio.timeout: 3.11's wait_for can swallow a cancellation that arrives as the
+            # close completes, and the driver would reconnect after being stopped.)
+            async with asyncio.timeout(opts.close_timeout_s + 1.0):
+                await run_in_daemon_thread(lambda: session.close(polite), f"llrp-close-{self.name}")
         except TimeoutError:
             self.count_error("close_timeout")
             log.warning("%s: closing the connection timed out; abandoning it", self.name)

@@ -183,7 +183,10 @@ class ModbusDriver(Driver):
 
     async def _connect(self, client: Any) -> None:
         try:
-            ok = await asyncio.wait_for(client.connect(), self.options.timeout_s * 2 + 1)
+            # (asyncio.timeout: 3.11's wait_for can swallow a cancellation that arrives as the
+            # connection completes, and the driver would poll on after being stopped.)
+            async with asyncio.timeout(self.options.timeout_s * 2 + 1):
+                ok = await client.connect()
         except (TimeoutError, OSError) as exc:
             raise DeviceDown("refused", f"cannot connect: {exc}") from None
         if not ok:

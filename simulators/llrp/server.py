@@ -295,8 +295,10 @@ class SimReader:
                 continue
             delay = self.server.start_mono + next_s - loop.time()
             if delay > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._reads_changed.wait(), delay)
+                # (asyncio.timeout: 3.11's wait_for can swallow a cancellation in a loop.)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._reads_changed.wait()
                 continue
             due = self._take_due(loop.time() - self.server.start_mono)
             for start in range(0, len(due), MAX_TAGS_PER_REPORT):
