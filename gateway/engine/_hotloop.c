@@ -365,7 +365,7 @@ static int judge_one(Judge *j, PyObject *read)
             goto done;
         }
     }
-    if (i >= a->len) {
+    if (i < 0 || i >= a->len) {
         PyErr_SetString(PyExc_IndexError, "Engine._slot: slot out of range");
         goto done;
     }
