@@ -23,7 +23,9 @@ How a read becomes a movement (docs/engine.md has the long form):
    an absent tag unread for forget_after_s is dropped.
 
 Per-tag state lives in parallel typed arrays indexed by a slot number (about 90 bytes a tag)
-so a million tracked tags fit in ~240 MB with their EPC strings and the index dict.
+so a million tracked tags fit in ~240 MB with their EPC strings and the index dict. The hot
+loop over those arrays (Engine._judge_python) has a compiled copy, _hotloop.c, used wherever it
+was built (Engine.compiled_loop); both decide identically.
 """
 
 from __future__ import annotations
