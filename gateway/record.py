@@ -84,7 +84,8 @@ async def record(
         if d.driver != "replay"
     ]
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=duration_s)
+        async with asyncio.timeout(duration_s):  # (not wait_for: see Pipeline._ingest_loop)
+            await stop.wait()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

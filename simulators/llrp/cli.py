@@ -91,7 +91,8 @@ async def serve(
         print(json.dumps(first), file=out, flush=True)
         timeout = None if duration_s is None else start_delay_s + duration_s / speed + grace_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout)
+            async with asyncio.timeout(timeout):  # (3.11's wait_for can swallow a cancel)
+                await stop.wait()
         reason = "signal" if stop.is_set() else "duration"
     finally:
         stats = {name: dict(r.stats) for name, r in server.readers.items()}

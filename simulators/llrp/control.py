@@ -55,12 +55,14 @@ class ControlServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):  # (3.11's wait_for can swallow a cancel)
+                    await self._server.wait_closed()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            method, path, body = await asyncio.wait_for(_read_request(reader), 10.0)
+            async with asyncio.timeout(10.0):
+                method, path, body = await _read_request(reader)
             status, payload = 200, self._route(method, path, body)
             self.counts["requests"] += 1
         except HttpError as exc:

@@ -120,8 +120,9 @@ class _Session:
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
-            await asyncio.wait_for(self.writer.drain(), 2.0)
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(2.0):  # (3.11's wait_for can swallow a cancel)
+                await self.writer.drain()
         self.writer.close()
 
 
@@ -426,8 +427,9 @@ class SimReader:
                 task.cancel()
         if self._tcp_server is not None:
             self._tcp_server.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._tcp_server.wait_closed(), 2.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._tcp_server.wait_closed()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -473,8 +475,9 @@ class SimReader:
         if current.announced and not self.silent:
             another = codec.CONN_ANOTHER_CONNECTION_ATTEMPTED
             current.write(codec.reader_event(self._next_id(), now_us, connection_status=another))
-        with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
-            await asyncio.wait_for(writer.drain(), 2.0)
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await writer.drain()
         writer.close()
 
     def _announce(self, session: _Session) -> None:
