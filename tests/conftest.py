@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, json_lines, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -291,8 +291,7 @@ class ListenProcess:
         wait_for(lambda: any(e.get("event") == "subscribed" for e in self.stderr_events()), timeout)
 
     def lines(self) -> list[dict[str, Any]]:
-        text = self.out_path.read_text()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json_lines(self.out_path)
 
     def stop(self) -> dict[str, Any]:
         """Stop it; returns the final summary it printed on stderr."""

@@ -3,15 +3,26 @@ given, for driver-vs-simulator tests), free loopback ports, and polling."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from drivers.base import DeviceEvent, DriverHealth
 from gateway.model import Movement, TagRead
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines a running process has written to `path` so far. A last line without its
+    newline is still being written and is left for the next look (parsing it failed a CI run
+    once); every complete line must parse."""
+    text = path.read_text(errors="replace")
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Broker, ListenProcess, fc_edge, gateway_toml
-from tests.helpers import free_port, sgtin96, wait_for
+from tests.helpers import free_port, json_lines, sgtin96, wait_for
 
 STATUS_LINE = re.compile(r"^\d+/\d+ devices up, outbox \d+, broker (connected|disconnected)$")
 CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -155,7 +155,7 @@ class Daemon:
         )
 
     def log_entries(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        return json_lines(self.log_path)
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
