@@ -20,7 +20,6 @@ import pytest
 from tests.helpers import free_port, json_lines, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 

@@ -1,7 +1,7 @@
 """The real Impinj Speedway R420 (FW 5.14.0.240, FCC) responses the simulator serves, byte for byte.
 
 Payloads only (the 10-byte header is added per request with the request's message id).
-Source: ../shared/llrp-captures/edgex/GetReaderCapabilitiesResponse-000.bytes and
+Source: tests/fixtures/llrp-captures/edgex/GetReaderCapabilitiesResponse-000.bytes and
 GetReaderConfigResponse-000.bytes, recorded from a live reader by the EdgeX functional test.
 Copyright 2020 Intel Corporation. EdgeX Foundry device-rfid-llrp-go, licensed under the Apache
 License, Version 2.0 (commit cd6a08a6bfb7c36bf9122a0360461b2f1c8e1ae6, pkg/llrp/testdata/).

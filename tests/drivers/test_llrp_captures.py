@@ -1,4 +1,4 @@
-"""The simulator's own LLRP codec against real reader captures (../shared/llrp-captures)."""
+"""The simulator's own LLRP codec against real reader captures (tests/fixtures/llrp-captures)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sllurp.llrp import LLRPMessage
 
 from simulators.llrp import codec, r420
 
-CAPTURES = Path("/work/shared/llrp-captures")
+CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llrp-captures"
 EDGEX = CAPTURES / "edgex"
 
 

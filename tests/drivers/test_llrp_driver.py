@@ -1,5 +1,5 @@
 """The LLRP driver: sllurp's real client, supervised by drivers.llrp, against the LLRP simulator
-over loopback TCP; plus sllurp decoding every real capture in ../shared/llrp-captures/.
+over loopback TCP; plus sllurp decoding every real capture in tests/fixtures/llrp-captures/.
 
 Each fault test proves three things: the fault really hit the session (its cause is counted),
 the driver reconnected by itself, and reads flow again once the fault is cleared.
@@ -31,7 +31,7 @@ from gateway.confschema import Errors, build
 from simulators.llrp import ReaderSpec, SimServer
 from tests.helpers import RecordingSink, free_port, wait_for
 
-CAPTURES = Path(__file__).resolve().parents[2].parent / "shared" / "llrp-captures"
+CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llrp-captures"
 READER = "dock-07"
 EPC_A = "3034257BF7194E4000001A85"
 EPC_B = "30340242201D8840009EFC7A"

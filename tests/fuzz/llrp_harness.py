@@ -7,7 +7,7 @@ pair so that what sllurp answers (KEEPALIVE_ACK, handshake requests) goes somewh
 drains the other end.
 
 The generators build frames with the simulator's encoder (simulators/llrp/codec.py) and the
-real captures in ../shared/llrp-captures, then break them.
+real captures in tests/fixtures/llrp-captures, then break them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tests.helpers import RecordingSink
 READER = "fuzz-reader"
 ANTENNAS = (1, 2)
 HEADER = struct.Struct("!HII")
-CAPTURES = Path(__file__).resolve().parents[2].parent / "shared" / "llrp-captures"
+CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llrp-captures"
 STATES = [state for _name, state in LLRPReaderState.getStates()]
 
 

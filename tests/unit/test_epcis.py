@@ -1,4 +1,4 @@
-"""EPCIS 2.0 output, validated against GS1's official JSON Schema in ../shared/epcis/.
+"""EPCIS 2.0 output, validated against GS1's official JSON Schema in tests/fixtures/epcis/.
 
 jsonschema only checks `format` when a checker for it is installed; neither of the packages
 it uses for "uri" and "date-time" (rfc3987, rfc3339-validator) is a dependency here, so the
@@ -37,7 +37,7 @@ from gateway.epcis import (
 from gateway.model import Movement, Outgoing
 from gateway.outbox import encode
 
-EPCIS_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "epcis"
+EPCIS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "epcis"
 
 SGTIN_HEX = "30352BD364424C80000003EB"  # docs/messages.md's example tag
 SGTIN_URI = "urn:epc:id:sgtin:4912345.067890.1003"
