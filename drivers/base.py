@@ -1,8 +1,9 @@
 """The driver interface, the sink drivers hand data to, and the lazy driver registry.
 
 Modelled on python-can's BusABC: a small abstract base, a registry of name -> "module:Class"
-imported only when a config names it (a missing vendor library never breaks import), and
-shared helpers (backoff, health bookkeeping) so that no driver writes its own.
+imported only when a device is run (a missing vendor library never breaks import; the config
+loader needs only drivers/options.py), and shared health bookkeeping so that no driver writes
+its own (backoff and the thread helper are in drivers/runtime.py).
 
 A driver translates one hardware protocol into TagReads and events. It never talks MQTT,
 never touches SQLite, and never decides what a read means: that is the engine's job.
@@ -10,9 +11,7 @@ never touches SQLite, and never decides what a read means: that is the engine's 
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import random
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -22,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
+from drivers.options import DRIVERS, UnknownDriver
 from gateway.model import Movement, TagRead
 
 if TYPE_CHECKING:
@@ -57,6 +57,10 @@ class Sink(Protocol):
         """A movement a device reports itself (a robot move). The future resolves once the
         movement and the cursor are durable in the outbox: only then may the device be acked."""
 
+    def progress(self, source: str, time_us: int) -> None:
+        """`source` is alive and has sent everything it read before `time_us` (on the gateway
+        clock: a KEEPALIVE, an empty report). Lets the engine judge without waiting for it."""
+
     def device_state(self, device: str, health: DriverHealth) -> None:
         """The device's connection state changed (published retained on devices/{name})."""
 
@@ -91,7 +95,8 @@ class DriverHealth:
 class Driver(ABC):
     """One device. `run()` connects, reads and reconnects with backoff until cancelled."""
 
-    #: The dataclass of this driver's own config keys (validated by gateway.config).
+    #: The dataclass of this driver's own config keys: its DriverSpec's `options` in
+    #: drivers/options.py, which gateway.config validates without importing the driver.
     Options: ClassVar[type]
     #: "reader" drivers need [readers.antennas]; a "handheld" sits under [[readers]] without
     #: antennas (where it is comes from the location label it scans); "equipment" drivers sit
@@ -105,13 +110,6 @@ class Driver(ABC):
         self.sink = sink
         self._health = DriverHealth(since_us=time.time_ns() // 1000)
         self._health_lock = threading.Lock()
-
-    @classmethod
-    def validate(cls, device: DeviceSettings) -> list[str]:
-        """Checks that need more than the Options' types (e.g. loading a register map).
-        Returns error lines "key: message" (key relative to the device entry); run by the
-        config loader, so `check-config` reports them too."""
-        return []
 
     @abstractmethod
     async def run(self) -> None:
@@ -152,48 +150,12 @@ class Driver(ABC):
             self._health.last_data_us = time_us or time.time_ns() // 1000
 
 
-class Backoff:
-    """Capped exponential backoff with full jitter, reset after a good session.
-
-    Every reconnect loop in the project uses this one (drivers and the MQTT publisher).
-    """
-
-    def __init__(self, initial_s: float = 0.5, cap_s: float = 30.0, factor: float = 2.0) -> None:
-        self.initial_s = initial_s
-        self.cap_s = cap_s
-        self.factor = factor
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.initial_s * self.factor**self.attempt)
-        self.attempt += 1
-        # Full jitter, but never less than half the ceiling: keeps reconnect storms apart
-        # without ever hammering a device that just refused us.
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    async def sleep(self) -> float:
-        delay = self.next_delay()
-        await asyncio.sleep(delay)
-        return delay
-
-
 # name -> "module:Class"; imported lazily so a missing optional library breaks only its driver.
-REGISTRY: dict[str, str] = {
-    "replay": "drivers.replay:ReplayDriver",
-    "llrp": "drivers.llrp:LLRPDriver",
-    "tsl": "drivers.tsl:TSLDriver",
-    "modbus": "drivers.modbus:ModbusDriver",
-}
-
-
-class UnknownDriver(LookupError):
-    pass
+REGISTRY: dict[str, str] = {name: spec.driver for name, spec in DRIVERS.items()}
 
 
 def driver_class(name: str) -> type[Driver]:
+    """The driver's class, its module imported now (raises UnknownDriver, ImportError)."""
     try:
         target = REGISTRY[name]
     except KeyError:

@@ -79,6 +79,9 @@ class ReplayDriver(Driver):
                 self._flush(batch, last_line, cursors)
                 batch = []
                 if wait > 0:
+                    # Nothing older than the next read will come: the engine need not wait
+                    # for this reader meanwhile (a live reader's KEEPALIVE says the same).
+                    self.sink.progress(self.name, int(due) - 1)
                     await asyncio.sleep(wait)
             batch.append(read)
             last_line = line_no

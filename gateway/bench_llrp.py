@@ -57,6 +57,9 @@ class CountingSink:
         future.set_result(None)
         return future
 
+    def progress(self, source: str, time_us: int) -> None:
+        pass
+
     def device_state(self, device: str, health: DriverHealth) -> None:
         pass
 
@@ -220,6 +223,9 @@ class _Tee:
 
     def movement(self, move: Movement, cursors: Mapping[str, int] | None = None) -> Future[None]:
         return self.inner.movement(move, cursors)
+
+    def progress(self, source: str, time_us: int) -> None:
+        self.inner.progress(source, time_us)
 
     def device_state(self, device: str, health: DriverHealth) -> None:
         self.inner.device_state(device, health)

@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class _Item:
-    kind: str  # "reads" | "event" | "movement"
+    kind: str  # "reads" | "event" | "movement" | "progress" | "down" | "retired"
     payload: Any
     cursors: Mapping[str, int] | None = None
     future: Future[None] | None = None
@@ -133,7 +133,16 @@ class GatewaySink:
         self._put(_Item("movement", move, cursors, future), 1)
         return future
 
+    def progress(self, source: str, time_us: int) -> None:
+        self._put(_Item("progress", (source, time_us)), 0)
+
     def device_state(self, device: str, health: DriverHealth) -> None:
+        if health.state in ("backoff", "stale", "unreachable"):
+            # A reader that lost its connection holds the engine's absence judgments (what it
+            # buffered meanwhile may still come); the engine lives on the loop: hand it over.
+            self._put(_Item("down", device), 0)
+        elif health.state == "stopped":
+            self._put(_Item("retired", device), 0)  # finished (a replay): it sends no more
         self._on_state(device, health)
 
     def cursor(self, key: str) -> int | None:
@@ -338,13 +347,19 @@ class Pipeline:
                     if workflow is not None:  # a handheld: its workflow decides, not the engine
                         self._add_workflow(batch, reader, workflow.on_reads(reads, now_us()))
                     else:
-                        self._add_step(batch, engine.feed(reads))
+                        self._add_step(batch, engine.feed(reads, reader))
             elif item.kind == "movement":
                 move: Movement = item.payload
                 self._add_step(batch, engine.apply(move))
                 self._add_movement(batch, move)
             elif item.kind == "event":
                 self._route_event(batch, item.payload)
+            elif item.kind == "progress":
+                engine.progress(*item.payload)
+            elif item.kind == "down":
+                engine.source_down(item.payload)
+            elif item.kind == "retired":
+                engine.source_retired(item.payload)
             if item.cursors and item.kind == "reads" and item.payload:
                 # A source position is durable only once every read before it has had its
                 # full effect: see _release_checkpoints.
@@ -677,6 +692,44 @@ class Pipeline:
         stats = self.outbox.stats().to_json() if self.outbox else None
         return ok, {"ready": ok, **broker, "outbox": stats, "devices": devices}
 
+    def _event_time_metrics(self, engine: Engine) -> list[Any]:
+        """Event time per reader (gateway/engine/sources.py) and each reader's clock offset."""
+        sources = list(engine.sources)
+        lag = engine.sources.lag_us(now_us())
+        out = [
+            counter(
+                "reader_reads_behind_total",
+                "Reads that came behind what the engine had judged (a backlog), judged tag by tag",
+                _per_reader({s.name: s.behind for s in sources}),
+                ["reader"],
+            ),
+            counter(
+                "reader_hold_released_total",
+                "Times a silent reader held departures for silent_reader_hold_s and was let go",
+                _per_reader({s.name: s.released for s in sources}),
+                ["reader"],
+            ),
+        ]
+        lag_family = GaugeMetricFamily(
+            "fc_edge_reader_event_lag_seconds",
+            "How far the reader's event time is behind the gateway clock",
+            labels=["reader"],
+        )
+        for name, us in lag.items():
+            lag_family.add_metric([name], us / 1e6)
+        out.append(lag_family)
+        offset = GaugeMetricFamily(
+            "fc_edge_reader_clock_offset_seconds",
+            "Gateway clock minus the reader's clock (at the link's least delay), as estimated",
+            labels=["reader"],
+        )
+        for name, driver in self.drivers.items():
+            clock = getattr(driver, "clock", None)
+            if clock is not None and clock.offset_us is not None:
+                offset.add_metric([name], clock.offset_us / 1e6)
+        out.append(offset)
+        return out
+
     def _collect(self) -> list[Any]:
         out: list[Any] = [
             gauge(
@@ -740,6 +793,7 @@ class Pipeline:
                     ["reason"],
                 )
             )
+            out += self._event_time_metrics(self.engine)
         for name, driver in self.drivers.items():
             h = driver.health()
             out.append(
@@ -784,6 +838,10 @@ class Pipeline:
                     )
                 )
         return out
+
+
+def _per_reader(values: Mapping[str, float]) -> dict[tuple[str, ...], float]:
+    return {(name,): v for name, v in values.items()}
 
 
 def void(_: object) -> None:

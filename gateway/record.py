@@ -60,6 +60,9 @@ class CaptureSink:
         future.set_exception(RuntimeError("recording: device-reported moves are not booked"))
         return future
 
+    def progress(self, source: str, time_us: int) -> None:
+        pass  # a recording keeps reads only
+
     def device_state(self, device: str, health: DriverHealth) -> None:
         print(
             json.dumps({"device": device, "state": health.state, "detail": health.detail}),

@@ -190,7 +190,7 @@ typedef struct {
     PyObject *engine, *step, *places, *index;
     PyObject *slot, *challenge, *tentative_read, *refresh_state;
     double min_rssi, margin;
-    long long xr_window, late_before;
+    long long xr_window;
     LocNumbers *locs;
     Py_ssize_t n_locs;
     Arrays a;
@@ -333,6 +333,7 @@ static int judge_one(Judge *j, PyObject *read)
 
     Arrays *a = &j->a;
     Py_ssize_t i;
+    long long prev_seen = t; /* the tag's newest read before this one (a new tag: this one) */
     slot_obj = PyDict_GetItemWithError(j->index, epc);
     if (slot_obj == NULL) {
         if (PyErr_Occurred())
@@ -357,7 +358,8 @@ static int judge_one(Judge *j, PyObject *read)
                 PyErr_SetString(PyExc_IndexError, "Engine._index: slot out of range");
             goto done;
         }
-        if (t > a->seen[i])
+        prev_seen = a->seen[i];
+        if (t > prev_seen)
             a->seen[i] = t;
         if (rssi < j->min_rssi) {
             j->weak++;
@@ -369,7 +371,7 @@ static int judge_one(Judge *j, PyObject *read)
         PyErr_SetString(PyExc_IndexError, "Engine._slot: slot out of range");
         goto done;
     }
-    if (t <= j->late_before) {
+    if (t < prev_seen) { /* older than a read of this tag already judged */
         j->late++;
         rc = 0;
         goto done;
@@ -460,7 +462,7 @@ static long long get_int(PyObject *engine, const char *name)
 }
 
 PyDoc_STRVAR(judge_doc,
-"judge(engine, reads, late_before, step) -> (unknown, weak, late, cross)\n\n"
+"judge(engine, reads, step) -> (unknown, weak, late, cross)\n\n"
 "Engine._judge_python's loop over `reads` (a list, in time order), on the engine's arrays;\n"
 "returns the suppression counts it made itself.");
 
@@ -470,8 +472,8 @@ static PyObject *judge(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_RuntimeError, "_hotloop.setup() was not called");
         return NULL;
     }
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "judge(engine, reads, late_before, step)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "judge(engine, reads, step)");
         return NULL;
     }
     PyObject *reads = args[1];
@@ -482,11 +484,8 @@ static PyObject *judge(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Judge j;
     memset(&j, 0, sizeof(j));
     j.engine = args[0];
-    j.step = args[3];
+    j.step = args[2];
     PyObject *result = NULL;
-    j.late_before = PyLong_AsLongLong(args[2]);
-    if (j.late_before == -1 && PyErr_Occurred())
-        return NULL;
     j.places = PyObject_GetAttrString(j.engine, "_places");
     j.index = PyObject_GetAttrString(j.engine, "_index");
     j.slot = get_method(j.engine, "_slot");

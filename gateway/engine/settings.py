@@ -45,7 +45,12 @@ class EngineSettings:
     min_rssi_dbm: float = -80.0  # weaker reads (after rssi_offset_db) are suppressed as weak
     min_reads: int = 2  # reads needed before a tag counts as seen at a location
     max_tags: int = 2_000_000  # tracked tags; the least recently seen are evicted beyond it
-    reorder_window_s: float = duration(0.5)  # late reads within this window are still placed
+    # A reader whose event time is this far behind the others' (or the gateway clock's) no
+    # longer holds their reads back: its reads are judged tag by tag when they come.
+    reorder_window_s: float = duration(0.5)
+    # A reader silent beyond its usual rhythm (or down) holds departures by absence for at
+    # most this long, so that what it buffered can still prove a tag stayed or moved.
+    silent_reader_hold_s: float = duration(120.0)
     tick_s: float = duration(0.25)  # how often absence (departures, forgetting) is checked
     # A read at another location this much weaker than the tag's smoothed RSSI where it is,
     # within cross_read_window_s of a read there, is a cross-read/stray: never evidence.

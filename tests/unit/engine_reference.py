@@ -1,4 +1,5 @@
-"""REFERENCE COPY of gateway/engine/core.py before the speed work (issue 4): the optimised
+"""REFERENCE COPY of gateway/engine/core.py before the speed work (issue 4), with the rule changes
+made since (event time per reader, issue 13: feed, tick and per-tag lateness): the optimised
 engine must decide exactly as this one (tests/unit/test_engine_golden.py). Do not edit.
 
 The movement engine: batches of TagReads in, true stock movements out. Pure: no I/O, no
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from gateway.engine.config import EngineConfig, LocationInfo, Place
+from gateway.engine.sources import Source, Sources
 from gateway.model import Movement, Observed, TagRead, TagState
 
 NONE = -1  # "no location" in the location arrays
@@ -209,8 +211,7 @@ class Engine:
         self._p_min = NO_EVIDENCE
         self._pending_max = NEVER
         self._judged_to = NEVER  # every read at or before this time has been taken
-        self._max_at_tick = NEVER
-        self._quiet_since = 0
+        self.sources = Sources(0, 0)  # event time per reader: the engine's own (sources.py)
         # After a restore, absence is not judged until the re-fed reads have caught up with the
         # restart (the first tick's horizon), or no reader delivered for the longest
         # departed_after_s: until then a tag's newest reads may still be on their way.
@@ -253,7 +254,8 @@ class Engine:
         self._min_reads = s.min_reads
         self._max_tags = s.max_tags
         self._window_us = int(s.reorder_window_s * 1e6)
-        self._flush_step_us = max(1, self._window_us // 2)
+        self.sources.idle_us = self._window_us
+        self.sources.hold_us = int(s.silent_reader_hold_s * 1e6)
         self._tick_us = max(1000, int(s.tick_s * 1e6))
         self._xr_margin = s.cross_read_margin_db
         self._xr_window_us = int(s.cross_read_window_s * 1e6)
@@ -419,20 +421,53 @@ class Engine:
 
     # --- reads --------------------------------------------------------------------------------
 
-    def feed(self, reads: Sequence[TagRead]) -> Step:
-        """Take a batch; judge every read older than the reorder window (in time order)."""
+    def feed(self, reads: Sequence[TagRead], source: str | None = None) -> Step:
+        """Take a batch; judge every read that every active reader has passed (in time
+        order; see sources.py). `source`: the one reader every read of the batch is from (a
+        driver's batch), else each read's reader is taken."""
         step = Step()
         if not reads:
             return step
-        pending = self._pending
-        pending.extend(reads)
-        top = max(map(_time_of, reads))
+        self._pending.extend(reads)
+        top = NEVER
+        for name, batch in _by_source(reads, source):
+            newest = self._delivered(name, batch)
+            if newest > top:
+                top = newest
         if top > self._pending_max:
             self._pending_max = top
-        cutoff = self._pending_max - self._window_us
-        if cutoff >= self._judged_to + self._flush_step_us:
-            self._flush(cutoff, step)
+        horizon = self.sources.read_horizon()
+        if horizon is not None and horizon > self._judged_to:
+            self._flush(horizon, step)
         return step
+
+    def _delivered(self, name: str, reads: Sequence[TagRead]) -> int:
+        """Note a source's batch (its event time; reads behind what was already judged are
+        counted: they are judged tag by tag). Returns the batch's newest time."""
+        oldest = min(map(_time_of, reads))
+        newest = max(map(_time_of, reads))
+        src = self.sources.delivered(name, oldest, newest)
+        judged = self._judged_to
+        if oldest <= judged:
+            src.behind += sum(1 for read in reads if read.time_us <= judged)
+        return newest
+
+    def progress(self, source: str, time_us: int) -> None:
+        """`source` is alive and will send nothing older than `time_us` (a KEEPALIVE, an
+        empty report): it holds neither reads nor absence judgments back."""
+        self.sources.progress(source, time_us)
+
+    def source_down(self, source: str) -> None:
+        """`source`'s connection is lost: absence is not judged past its last reads until it
+        is back and has delivered what it buffered meanwhile (or for silent_reader_hold_s)."""
+        self.sources.lost(source)
+
+    def source_retired(self, source: str) -> None:
+        """`source` will send nothing more (a replay that finished): it holds nothing back."""
+        self.sources.retire(source)
+
+    def source(self, name: str) -> Source:
+        return self.sources.get(name)
 
     def flush(self) -> Step:
         """Judge every buffered read now (shutdown, end of a replay, tests): no later read can
@@ -463,11 +498,10 @@ class Engine:
             del pending[:k]
             self._p_min = pending[0].time_us
             self._p_scanned = len(pending)
-        late_before = self._judged_to
         self._judged_to = max(self._judged_to, cutoff)
-        self._judge(ready, late_before, step)
+        self._judge(ready, step)
 
-    def _judge(self, reads: list[TagRead], late_before: int, step: Step) -> None:
+    def _judge(self, reads: list[TagRead], step: Step) -> None:
         """The hot loop: kept flat, with locals, and allocation-free for the common read (a tag
         read again where it already is, confirmed)."""
         suppressed = self.suppressed
@@ -515,9 +549,12 @@ class Engine:
                 continue
             if i is None:
                 i = self._slot(read.epc, t)
-            elif t > seen[i]:
-                seen[i] = t
-            if t <= late_before:
+                prev_seen = t
+            else:
+                prev_seen = seen[i]
+                if t > prev_seen:
+                    seen[i] = t
+            if t < prev_seen:  # a newer read of this tag was already judged
                 late += 1
                 continue
             if lid != loc_a[i]:
@@ -909,19 +946,17 @@ class Engine:
         bucket.append(i)
 
     def tick(self, now_us: int) -> Step:
-        """Departures by absence and forgetting, judged at `now_us` (the gateway clock) minus the
-        reorder window; buffered reads are judged once no newer read came for a window."""
+        """At `now_us` (the gateway clock): buffered reads of readers that went quiet are
+        judged, then departures by absence and forgetting up to the absence horizon (the clock
+        less the reorder window, held back by silent readers: sources.py)."""
         step = Step()
-        horizon = now_us - self._window_us
+        if self._pending:
+            cutoff = self.sources.read_horizon(now_us)
+            if cutoff is not None:
+                self._flush(cutoff, step)
+        horizon = self.sources.absence_horizon(now_us)
         if self._catching_up and self._still_catching_up(horizon):
             return step
-        if self._pending_max != self._max_at_tick:
-            self._max_at_tick = self._pending_max
-            self._quiet_since = now_us
-        elif self._pending and now_us - self._quiet_since >= self._window_us:
-            # No newer read for a whole window of gateway time: nothing can reorder these.
-            # (Judging by reader time alone keeps a reader whose clock lags ours working.)
-            self._flush(self._pending_max, step)
         now_key = horizon // self._tick_us
         keys = self._wheel_keys
         while keys and keys[0] <= now_key:
@@ -995,3 +1030,18 @@ class Engine:
 
 def _via(place: Place) -> str:
     return place.portal or place.read_point
+
+
+def _by_source(
+    reads: Sequence[TagRead], source: str | None
+) -> Iterable[tuple[str, Sequence[TagRead]]]:
+    """The batch split by reader (one part when the caller named its one source)."""
+    if source is not None:
+        return ((source, reads),)
+    parts: dict[str, list[TagRead]] = {}
+    for read in reads:
+        part = parts.get(read.reader)
+        if part is None:
+            parts[read.reader] = part = []
+        part.append(read)
+    return parts.items()

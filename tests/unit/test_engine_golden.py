@@ -44,7 +44,7 @@ from gateway.engine.core import PythonLoopEngine
 from gateway.engine.settings import EngineSettings
 from gateway.model import Movement, TagRead, TagState
 from tests.unit import engine_reference
-from tests.unit.test_engine import T0, site
+from tests.unit.test_engine import T0, keepalive, site
 
 GOLDEN = Path(__file__).with_name("engine_golden.json.gz")
 SHIPPED = shipped_scenarios()
@@ -106,6 +106,7 @@ def drive(
             out.append(["f", [_movement(m) for m in step.movements], _states(step.states)])
             out.append(["floor", engine.resume_floor_us()])
         if now >= next_tick:
+            keepalive(engine, now)
             step = engine.tick(now)
             out.append(["t", [_movement(m) for m in step.movements], _states(step.states)])
             next_tick += TICK_US
