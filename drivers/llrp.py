@@ -5,7 +5,7 @@ sllurp alone does not survive a real site (see DESIGN.md §5):
 
 * **A fresh `LLRPReaderClient` for every connection.** sllurp's own reconnect waits a hard-coded
   60 s and keeps a half frame from the dropped connection in its buffer, which wedges it for good.
-  Reconnects are ours: `drivers.base.Backoff`, reset once a session reached INVENTORYING.
+  Reconnects are ours: `drivers.runtime.Backoff`, reset once a session reached INVENTORYING.
 * **Framing before sllurp.** `_Client.raw_data_received` cuts the byte stream into whole LLRP
   frames and hands sllurp one complete frame at a time. sllurp still decodes every frame, but a
   frame it cannot decode costs that frame only (sllurp drops the rest of a recv chunk), a broken
@@ -38,7 +38,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from socket import SHUT_RDWR
 from typing import Any, ClassVar, Literal
 
@@ -50,8 +49,9 @@ from sllurp.llrp import (
 )
 from sllurp.llrp_errors import ReaderConfigurationError
 
-from drivers.base import Backoff, Driver
-from gateway.confschema import duration
+from drivers.base import Driver
+from drivers.options import LLRPOptions
+from drivers.runtime import Backoff, run_in_daemon_thread
 from gateway.engine.clock import ReaderClock
 from gateway.model import TagRead, now_us
 
@@ -75,38 +75,6 @@ ReconnectCause = Literal[
     "malformed",
     "internal_error",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class LLRPOptions:
-    """The [[readers]] keys of an LLRP reader (name, driver and antennas are common keys)."""
-
-    host: str
-    port: int = 5084
-    tx_power_dbm: float | None = None  # None: the reader's maximum
-    mode: int | None = None  # an RF ModeIdentifier from the reader's UHFC1G2RFModeTable
-    session: int = 2
-    tag_population: int = 4
-    report_n_tags: int = 1  # TagReportData per RO_ACCESS_REPORT (LLRP ROReportSpec N)
-    keepalive_s: float = duration(5.0)
-    handshake_timeout_s: float = duration(10.0)
-    max_clock_skew_s: float = duration(5.0)
-    backoff_cap_s: float = duration(30.0)
-    close_timeout_s: float = duration(2.0)
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ValueError("host: must not be empty")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port: out of range: {self.port}")
-        if self.session not in (0, 1, 2, 3):
-            raise ValueError(f"session: must be 0, 1, 2 or 3, got {self.session}")
-        if not 1 <= self.tag_population <= 65535:
-            raise ValueError(f"tag_population: must be 1..65535, got {self.tag_population}")
-        if not 0 <= self.report_n_tags <= 65535:
-            raise ValueError(f"report_n_tags: must be 0..65535, got {self.report_n_tags}")
-        if self.keepalive_s < 0.1:
-            raise ValueError(f"keepalive_s: must be at least 0.1, got {self.keepalive_s}")
 
 
 # --- logging ---------------------------------------------------------------------------------
@@ -405,39 +373,6 @@ def reader_config(opts: LLRPOptions, antennas: list[int]) -> dict[str, Any]:
     if opts.tx_power_dbm is not None:
         config["tx_power_dbm"] = float(opts.tx_power_dbm)
     return config
-
-
-# --- daemon-thread helper --------------------------------------------------------------------
-
-
-async def run_in_daemon_thread(fn: Callable[[], Any], name: str) -> Any:
-    """Run a blocking call on its own daemon thread (never blocks interpreter exit, unlike
-    asyncio.to_thread's executor). Cancelling the await leaves the thread to finish alone."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def deliver(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def target() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:  # handed to the awaiting task
-            outcome = (False, exc)
-        else:
-            outcome = (True, result)
-        try:
-            loop.call_soon_threadsafe(deliver, *outcome)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return await future
 
 
 # --- the driver ------------------------------------------------------------------------------

@@ -23,14 +23,12 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from drivers.base import Backoff, DeviceEvent, Driver, Sink
+from drivers.base import DeviceEvent, Driver, Sink
 from drivers.modbus_map import (
     BIT_KINDS,
     DecodeError,
-    MapError,
     Point,
     ReadBlock,
     RegisterMap,
@@ -40,7 +38,8 @@ from drivers.modbus_map import (
     plan_reads,
     raw_value,
 )
-from gateway.confschema import duration
+from drivers.options import ModbusOptions
+from drivers.runtime import Backoff
 from gateway.model import Movement, now_us
 
 log = logging.getLogger(__name__)
@@ -55,38 +54,6 @@ if _pymodbus_log.level == logging.NOTSET:
 _EPC_HEX = re.compile(r"[0-9A-Fa-f]{4,}")
 
 
-@dataclass(frozen=True, slots=True)
-class ModbusOptions:
-    """Keys of an `[[equipment]]` entry with `driver = "modbus"`."""
-
-    map: str  # register map TOML; relative to the config file's folder
-    host: str | None = None  # Modbus TCP
-    port: int = 502
-    serial: str | None = None  # Modbus RTU: a device path or pyserial URL (rfc2217://, ...)
-    baudrate: int = 19200
-    parity: Literal["N", "E", "O"] = "N"
-    device_id: int = 1  # unit id / slave address
-    interval_s: float = duration(1.0)
-    stale_after_s: float = duration(10.0)  # heartbeat unchanged this long -> stale
-    status_every_s: float = duration(60.0)
-    timeout_s: float = duration(1.0)  # per request
-    max_gap: int = 0  # unmapped registers a coalesced read may span (0: only adjacent ones)
-    # Robot station number (or name) -> location, for the move handshake.
-    stations: dict[str, str] = field(default_factory=dict, metadata={"location_ref": True})
-
-    def __post_init__(self) -> None:
-        if (self.host is None) == (self.serial is None):
-            raise ValueError("give either host (Modbus TCP) or serial (Modbus RTU), not both")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port: out of range: {self.port}")
-        if not 0 <= self.device_id <= 247:
-            raise ValueError(f"device_id: must be 0..247, got {self.device_id}")
-        if self.baudrate <= 0:
-            raise ValueError(f"baudrate: must be positive, got {self.baudrate}")
-        if not 0 <= self.max_gap <= 100:
-            raise ValueError(f"max_gap: must be 0..100, got {self.max_gap}")
-
-
 class DeviceDown(Exception):
     """The device stopped answering (timeout, refused, disconnected): end the session."""
 
@@ -99,15 +66,6 @@ class DeviceDown(Exception):
 class ModbusDriver(Driver):
     kind = "equipment"
     Options = ModbusOptions
-
-    @classmethod
-    def validate(cls, device: Any) -> list[str]:
-        """The register map is part of the config: `check-config` loads it too."""
-        try:
-            load_map(device.resolve(device.options.map))
-        except MapError as exc:
-            return [f"map: {line}" for line in exc.lines]
-        return []
 
     def __init__(self, device: Any, sink: Sink) -> None:
         super().__init__(device, sink)

@@ -15,9 +15,9 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from drivers.base import Driver
+from drivers.options import ReplayOptions
 from gateway.model import TagRead, now_us
 
 log = logging.getLogger("fc_edge.driver.replay")
@@ -25,19 +25,8 @@ log = logging.getLogger("fc_edge.driver.replay")
 BATCH = 500
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    file: str  # the capture, relative to the config file
-    speed: float = 1.0
-    loop: bool = False  # start over at the end (demo); a looping replay keeps no cursor
-
-    def __post_init__(self) -> None:
-        if self.speed <= 0:
-            raise ValueError("speed: must be positive")
-
-
 class ReplayDriver(Driver):
-    Options = Options
+    Options = ReplayOptions
     kind = "reader"
 
     @property
@@ -49,7 +38,7 @@ class ReplayDriver(Driver):
         return f"replay:{self.name}:epoch_us"
 
     async def run(self) -> None:
-        opts: Options = self.options
+        opts: ReplayOptions = self.options
         path = self.device.resolve(opts.file)
         while True:
             stored_line = None if opts.loop else self.sink.cursor(self.cursor_key)

@@ -29,20 +29,20 @@ trusting) go to `sink.reads`, barcodes and trigger changes to `sink.event`. What
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import serial
 
-from drivers.base import Backoff, DeviceEvent, Driver, Sink
-from gateway.confschema import duration
+from drivers.base import DeviceEvent, Driver, Sink
+from drivers.options import TSLOptions
+from drivers.runtime import Backoff, run_in_daemon_thread
 from gateway.model import TagRead, now_us
 
 if TYPE_CHECKING:
@@ -385,39 +385,11 @@ class SessionEnded(Exception):
 class TSLDriver(Driver):
     kind = "handheld"
 
-    @dataclass(frozen=True, slots=True)
-    class Options:
-        port: str  # a device path (/dev/rfcomm0) or a pyserial URL (socket://host:port, loop://)
-        baudrate: int = 115200
-        workflow: Literal["count", "returns", "find"] = "count"
-        # Locations this handheld may count (empty: any location with a barcode).
-        allowed_locations: tuple[str, ...] = field(default=(), metadata={"location_ref": True})
-        returns_location: str | None = field(default=None, metadata={"location_ref": True})
-        count_window_s: float = duration(60.0)  # a count session ends here even if held
-        release_grace_s: float = duration(0.5)  # reads finishing the last round after release
-        location_timeout_s: float = duration(300.0)  # a scanned location label goes stale
-        dedup_window_s: float = duration(300.0)  # returns: a tag is booked once in this window
-        count_part_size: int = 500  # EPCs per counts message
-        output_power_dbm: int = 29
-        response_timeout_s: float = duration(3.0)  # a command unanswered this long: reconnect
-        probe_interval_s: float = duration(15.0)  # silence this long: ask .vr to check the link
-        reconnect_max_s: float = duration(30.0)
-
-        def __post_init__(self) -> None:
-            if not self.port:
-                raise ValueError("port: must name a device or a pyserial URL")
-            if self.baudrate <= 0:
-                raise ValueError("baudrate: must be positive")
-            if not 10 <= self.output_power_dbm <= 29:
-                raise ValueError("output_power_dbm: TSL readers accept 10..29 dBm")
-            if self.count_part_size < 1:
-                raise ValueError("count_part_size: must be at least 1")
-            if self.workflow == "returns" and self.returns_location is None:
-                raise ValueError("returns_location: required when workflow = 'returns'")
+    Options = TSLOptions
 
     def __init__(self, device: DeviceSettings, sink: Sink) -> None:
         super().__init__(device, sink)
-        self.opts: TSLDriver.Options = device.options
+        self.opts: TSLOptions = device.options
         self._stop = threading.Event()
         self._outbox: queue.Queue[tuple[float, str]] = queue.Queue(maxsize=64)
         self._configured = False
@@ -465,25 +437,9 @@ class TSLDriver(Driver):
     async def _in_thread(self, fn: Callable[[], None]) -> None:
         """Run blocking serial I/O on a thread of its own (never the loop, never the shared
         executor: a handheld session lasts hours). On cancel, stop it and wait for it."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def target() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # handed to the loop, raised there
-                loop.call_soon_threadsafe(_settle, done, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, done, None)
-
-        thread = threading.Thread(target=target, name=f"tsl-{self.name}", daemon=True)
-        thread.start()
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            self._stop.set()
-            await asyncio.get_running_loop().run_in_executor(None, thread.join, 5.0)
-            raise
+        await run_in_daemon_thread(
+            fn, f"tsl-{self.name}", on_cancel=self._stop.set, join_timeout_s=5.0
+        )
 
     # -- one connection (runs on the session thread) -----------------------------------------------
 
@@ -522,15 +478,6 @@ class TSLDriver(Driver):
         now = now_us()
         self.mark_data(now)
         self.sink.event(DeviceEvent(self.name, kind, data, now))
-
-
-def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is None:
-        future.set_result(None)
-    else:
-        future.set_exception(exc)
 
 
 class _Session:

@@ -16,23 +16,29 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.bench_common import (
+    ROOT,
+    _cpu_s,
+    _loadavg,
+    _ready,
+    _stop,
+    emit,
+    machine,
+    workdir,
+)
 from gateway.model import Movement, Observed, Outgoing, TagState, movement_body
 
-ROOT = Path(__file__).resolve().parent.parent
 SITE = "BENCH"
 GATEWAY = "gw-bench"
 BATCH = 500  # the pipeline's default commit_rows
@@ -40,32 +46,6 @@ EPOCH_US = 1_764_000_000_000_000
 
 
 # --- common -----------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "loadavg": _loadavg(),
-    }
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def _median(values: Sequence[float]) -> float:
@@ -120,22 +100,6 @@ def batch_of(start: int, count: int) -> tuple[list[Outgoing], list[TagState], di
     ]
     states = [TagState(m.epc or "", True, m.to, m.time_us) for m in moves]
     return messages, states, {"replay:dock-03": start + count}
-
-
-@contextmanager
-def workdir(base: str | None, prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def emit(doc: dict[str, Any], as_json: bool, summary: Callable[[dict[str, Any]], str]) -> None:
-    if as_json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(summary(doc))
 
 
 # --- outbox -----------------------------------------------------------------------------------
@@ -666,25 +630,6 @@ def _sample_rss(pid: int, samples: int, interval_s: float) -> list[int]:
     return out
 
 
-def _ready(port: int) -> bool:
-    import urllib.error
-    import urllib.request
-
-    # /readyz answers 503 once the replay reader has played its (empty) file: that is fine
-    # here, only the broker connection matters.
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:  # noqa: S310 (loopback)
-            raw = reply.read()
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-    except (OSError, urllib.error.URLError):
-        return False
-    try:
-        return bool(json.loads(raw).get("broker") == "connected")
-    except ValueError:
-        return False
-
-
 def bench_memory(idle_s: float = 3.0, base: str | None = None) -> dict[str, Any]:
     """RSS of an idle `fc-edge run` (connected to a broker, one replay reader with nothing to
     play, metrics server on) vs the floor: a bare interpreter that imported nothing."""
@@ -855,24 +800,6 @@ def _scrape(port: int) -> dict[str, float]:
         elif line.startswith("fc_edge_engine_tracked_tags "):
             out["tracked"] = float(line.rsplit(" ", 1)[1])
     return out
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    if proc.stdin is not None:
-        proc.stdin.close()
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def pipeline_step(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from drivers.options import UnknownDriver, driver_spec
 from gateway.confschema import (
     PARSE,
     Errors,
@@ -162,7 +163,7 @@ class DeviceSettings:
     name: str
     driver: str
     antennas: Mapping[int, AntennaSettings]
-    options: Any  # the driver's own Options dataclass
+    options: Any  # the driver's own Options dataclass (drivers/options.py)
     base_dir: str = "."  # the config file's folder: relative paths in options resolve here
 
     def resolve(self, path: str) -> Path:
@@ -270,8 +271,6 @@ def build_table(cls: type, raw: Any, path: str, errors: Errors) -> Mapping[str, 
 
 
 def build_devices(raw: Any, path: str, errors: Errors, base_dir: str) -> tuple[DeviceSettings, ...]:
-    from drivers.base import UnknownDriver, driver_class
-
     if not isinstance(raw, list):
         errors.add(path, f"expected [[{path}]] entries")
         return ()
@@ -299,29 +298,30 @@ def build_devices(raw: Any, path: str, errors: Errors, base_dir: str) -> tuple[D
             errors.add(join(here, "driver"), "expected a string")
             continue
         try:
-            cls = driver_class(driver)
+            spec = driver_spec(driver)
         except UnknownDriver as exc:
             errors.add(join(here, "driver"), str(exc))
             continue
-        except ImportError as exc:
-            errors.add(join(here, "driver"), f"driver {driver!r} cannot load: {exc}")
+        if missing := spec.missing():
+            needs = ", ".join(missing)
+            errors.add(join(here, "driver"), f"driver {driver!r} needs {needs} (not installed)")
             continue
-        if (cls.kind == "equipment") != (path == "equipment"):
-            where = "[[equipment]]" if cls.kind == "equipment" else "[[readers]]"
+        if (spec.kind == "equipment") != (path == "equipment"):
+            where = "[[equipment]]" if spec.kind == "equipment" else "[[readers]]"
             errors.add(join(here, "driver"), f"driver {driver!r} belongs under {where}")
             continue
         antennas: Mapping[int, AntennaSettings] = {}
-        if cls.kind == "reader":
+        if spec.kind == "reader":
             if antennas_raw is None:
                 errors.add(join(here, "antennas"), "missing required key")
             else:
                 antennas = build_antennas(antennas_raw, join(here, "antennas"), errors)
         elif antennas_raw is not None:
             errors.add(join(here, "antennas"), f"driver {driver!r} has no fixed antennas")
-        options = build(cls.Options, entry, here, errors)
+        options = build(spec.options, entry, here, errors)
         if options is not None and isinstance(name, str) and name:
             device = DeviceSettings(name, driver, antennas, options, base_dir)
-            for line in cls.validate(device):
+            for line in spec.check(device) if spec.check else ():
                 key, sep, message = line.partition(": ")
                 if sep:
                     errors.add(join(here, key), message)

@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from drivers.base import Backoff
+from drivers.runtime import Backoff
 from gateway.config import MqttSettings, credential_path, read_secret
 from gateway.model import iso_ms, now_us
 from gateway.outbox import Stored

@@ -1,0 +1,209 @@
+"""Which drivers exist, each one's config keys (its Options dataclass) and where its code lives.
+
+This module is what the config loader knows of drivers: it imports no driver and no vendor
+library (sllurp, pymodbus, pyserial), so `fc-edge check-config` validates every
+`[[readers]]` and `[[equipment]]` entry without loading what serves it. A driver's module is
+imported only to run the device (`drivers.base.driver_class`).
+
+Adding a driver: its Options here, a `DriverSpec` in DRIVERS, and its class (with
+`Options = ...` and the same `kind`) in a module of its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from gateway.confschema import duration
+
+DriverKind = Literal["reader", "handheld", "equipment"]
+
+
+class Device(Protocol):
+    """What a check sees of a device entry (gateway.config.DeviceSettings)."""
+
+    @property
+    def options(self) -> Any: ...
+
+    def resolve(self, path: str) -> Path: ...
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    file: str  # the capture, relative to the config file
+    speed: float = 1.0
+    loop: bool = False  # start over at the end (demo); a looping replay keeps no cursor
+
+    def __post_init__(self) -> None:
+        if self.speed <= 0:
+            raise ValueError("speed: must be positive")
+
+
+# --- llrp --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LLRPOptions:
+    """The [[readers]] keys of an LLRP reader (name, driver and antennas are common keys)."""
+
+    host: str
+    port: int = 5084
+    tx_power_dbm: float | None = None  # None: the reader's maximum
+    mode: int | None = None  # an RF ModeIdentifier from the reader's UHFC1G2RFModeTable
+    session: int = 2
+    tag_population: int = 4
+    report_n_tags: int = 1  # TagReportData per RO_ACCESS_REPORT (LLRP ROReportSpec N)
+    keepalive_s: float = duration(5.0)
+    handshake_timeout_s: float = duration(10.0)
+    max_clock_skew_s: float = duration(5.0)
+    backoff_cap_s: float = duration(30.0)
+    close_timeout_s: float = duration(2.0)
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host: must not be empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port: out of range: {self.port}")
+        if self.session not in (0, 1, 2, 3):
+            raise ValueError(f"session: must be 0, 1, 2 or 3, got {self.session}")
+        if not 1 <= self.tag_population <= 65535:
+            raise ValueError(f"tag_population: must be 1..65535, got {self.tag_population}")
+        if not 0 <= self.report_n_tags <= 65535:
+            raise ValueError(f"report_n_tags: must be 0..65535, got {self.report_n_tags}")
+        if self.keepalive_s < 0.1:
+            raise ValueError(f"keepalive_s: must be at least 0.1, got {self.keepalive_s}")
+
+
+# --- tsl (handhelds) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TSLOptions:
+    port: str  # a device path (/dev/rfcomm0) or a pyserial URL (socket://host:port, loop://)
+    baudrate: int = 115200
+    workflow: Literal["count", "returns", "find"] = "count"
+    # Locations this handheld may count (empty: any location with a barcode).
+    allowed_locations: tuple[str, ...] = field(default=(), metadata={"location_ref": True})
+    returns_location: str | None = field(default=None, metadata={"location_ref": True})
+    count_window_s: float = duration(60.0)  # a count session ends here even if held
+    release_grace_s: float = duration(0.5)  # reads finishing the last round after release
+    location_timeout_s: float = duration(300.0)  # a scanned location label goes stale
+    dedup_window_s: float = duration(300.0)  # returns: a tag is booked once in this window
+    count_part_size: int = 500  # EPCs per counts message
+    output_power_dbm: int = 29
+    response_timeout_s: float = duration(3.0)  # a command unanswered this long: reconnect
+    probe_interval_s: float = duration(15.0)  # silence this long: ask .vr to check the link
+    reconnect_max_s: float = duration(30.0)
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            raise ValueError("port: must name a device or a pyserial URL")
+        if self.baudrate <= 0:
+            raise ValueError("baudrate: must be positive")
+        if not 10 <= self.output_power_dbm <= 29:
+            raise ValueError("output_power_dbm: TSL readers accept 10..29 dBm")
+        if self.count_part_size < 1:
+            raise ValueError("count_part_size: must be at least 1")
+        if self.workflow == "returns" and self.returns_location is None:
+            raise ValueError("returns_location: required when workflow = 'returns'")
+
+
+# --- modbus ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusOptions:
+    """Keys of an `[[equipment]]` entry with `driver = "modbus"`."""
+
+    map: str  # register map TOML; relative to the config file's folder
+    host: str | None = None  # Modbus TCP
+    port: int = 502
+    serial: str | None = None  # Modbus RTU: a device path or pyserial URL (rfc2217://, ...)
+    baudrate: int = 19200
+    parity: Literal["N", "E", "O"] = "N"
+    device_id: int = 1  # unit id / slave address
+    interval_s: float = duration(1.0)
+    stale_after_s: float = duration(10.0)  # heartbeat unchanged this long -> stale
+    status_every_s: float = duration(60.0)
+    timeout_s: float = duration(1.0)  # per request
+    max_gap: int = 0  # unmapped registers a coalesced read may span (0: only adjacent ones)
+    # Robot station number (or name) -> location, for the move handshake.
+    stations: dict[str, str] = field(default_factory=dict, metadata={"location_ref": True})
+
+    def __post_init__(self) -> None:
+        if (self.host is None) == (self.serial is None):
+            raise ValueError("give either host (Modbus TCP) or serial (Modbus RTU), not both")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port: out of range: {self.port}")
+        if not 0 <= self.device_id <= 247:
+            raise ValueError(f"device_id: must be 0..247, got {self.device_id}")
+        if self.baudrate <= 0:
+            raise ValueError(f"baudrate: must be positive, got {self.baudrate}")
+        if not 0 <= self.max_gap <= 100:
+            raise ValueError(f"max_gap: must be 0..100, got {self.max_gap}")
+
+
+def check_modbus(device: Device) -> list[str]:
+    """The register map is part of the config: `check-config` loads it too."""
+    from drivers.modbus_map import MapError, load_map  # the map's own parser: no pymodbus
+
+    try:
+        load_map(device.resolve(device.options.map))
+    except MapError as exc:
+        return [f"map: {line}" for line in exc.lines]
+    return []
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSpec:
+    #: "reader" drivers need [readers.antennas]; a "handheld" sits under [[readers]] without
+    #: antennas (where it is comes from the location label it scans); "equipment" drivers sit
+    #: under [[equipment]].
+    kind: DriverKind
+    options: type  # the dataclass of the driver's own config keys
+    driver: str  # "module:Class", imported only to run the device
+    #: Checks that need more than the Options' types (e.g. loading a register map): error
+    #: lines "key: message", key relative to the device entry. Run by the config loader.
+    check: Callable[[Device], list[str]] | None = None
+    #: Top-level modules the driver imports: the config loader checks they are installed
+    #: (importlib.util.find_spec: found, not imported).
+    requires: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """The required libraries that are not installed."""
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+
+DRIVERS: dict[str, DriverSpec] = {
+    "replay": DriverSpec("reader", ReplayOptions, "drivers.replay:ReplayDriver"),
+    "llrp": DriverSpec("reader", LLRPOptions, "drivers.llrp:LLRPDriver", requires=("sllurp",)),
+    "tsl": DriverSpec("handheld", TSLOptions, "drivers.tsl:TSLDriver", requires=("serial",)),
+    "modbus": DriverSpec(
+        "equipment",
+        ModbusOptions,
+        "drivers.modbus:ModbusDriver",
+        check=check_modbus,
+        requires=("pymodbus",),
+    ),
+}
+
+
+class UnknownDriver(LookupError):
+    pass
+
+
+def driver_spec(name: str) -> DriverSpec:
+    try:
+        return DRIVERS[name]
+    except KeyError:
+        known = ", ".join(sorted(DRIVERS))
+        raise UnknownDriver(f"unknown driver {name!r} (known: {known})") from None
