@@ -7,6 +7,7 @@ The pipeline wires it like this (see docs/messages.md for the message shapes):
     out = wf.on_reads(batch, now)      # driver's sink.reads for this device
     out = wf.on_event(event, now)      # driver's sink.event (barcode, trigger)
     out = wf.tick(now)                 # every engine tick
+    wf.reload(settings.locations)      # SIGHUP: new location labels, bizSteps, dispositions
     for m in out.movements: engine.apply(m); outbox <- movement_body(m)   (stream "movements")
     for body in out.counts: outbox <- body (+ seq/site/gateway)           (stream "counts")
     for body in out.find: publish QoS 0, not through the outbox          (topic "find/{device}")
@@ -143,6 +144,13 @@ class Workflow:
     def tick(self, now_us: int) -> WorkflowOutput:
         return self._impl.timers(now_us)
 
+    def reload(self, locations: Mapping[str, LocationSettings]) -> list[str]:
+        """SIGHUP: the site's new locations (labels, bizStep, disposition) apply from now on.
+        The device's own options are a [[readers]] change: they wait for a restart. Returns
+        log lines for what could not follow."""
+        self.locations = locations
+        return self._impl.reload()
+
     @property
     def busy(self) -> bool:
         """True while a count session is open (e.g. to hold a shutdown briefly)."""
@@ -166,6 +174,10 @@ class _Flow:
     def timers(self, now_us: int) -> WorkflowOutput:
         return WorkflowOutput()
 
+    def reload(self) -> list[str]:
+        """Recompute what was derived from wf.locations."""
+        return []
+
 
 # --- count -------------------------------------------------------------------------------------
 
@@ -188,14 +200,22 @@ class _Count(_Flow):
         self.grace_us = _us(getattr(options, "release_grace_s", 0.5))
         self.location_timeout_us = _us(getattr(options, "location_timeout_s", 300.0))
         self.part_size = max(1, int(getattr(options, "count_part_size", 500)))
-        self.by_barcode = {
-            loc.barcode: name for name, loc in wf.locations.items() if loc.barcode is not None
-        }
         self.location: str | None = None
+        self.by_barcode: dict[str, str] = {}
+        self.reload()
         self.location_at_us = 0
         self.session: _Session | None = None
         # Between a rejected (or window-closed) pull and its release, reads are dropped.
         self.ignoring = False
+
+    def reload(self) -> list[str]:
+        self.by_barcode = {
+            loc.barcode: name for name, loc in self.wf.locations.items() if loc.barcode is not None
+        }
+        if self.location is not None and self.location not in self.wf.locations:
+            gone, self.location = self.location, None
+            return [f"{self.wf.name}: location {gone} is no longer configured; scan a label again"]
+        return []
 
     def allowed_here(self, location: str) -> bool:
         return not self.allowed or location in self.allowed
@@ -358,17 +378,27 @@ class _Returns(_Flow):
         if location is None or location not in wf.locations:
             raise ValueError(f"{wf.name}: returns workflow needs an existing returns_location")
         self.location: str = location
-        settings = wf.locations[location]
-        self.biz_step = settings.biz_step or "receiving"
-        self.disposition = settings.disposition or "returned"
         self.window_us = _us(getattr(options, "dedup_window_s", 300.0))
         self.booked: dict[str, int] = {}  # epc -> when this workflow booked it
         self.pending_log: list[str] = []
+        self.biz_step = self.disposition = ""
+        self.pending_log += self.reload()
+
+    def reload(self) -> list[str]:
+        settings = self.wf.locations.get(self.location)
+        if settings is None:  # only with a [[readers]] change, which waits for a restart
+            return [
+                f"{self.wf.name}: returns location {self.location} is no longer configured; "
+                "booking returns there as before until a restart"
+            ]
+        self.biz_step = settings.biz_step or "receiving"
+        self.disposition = settings.disposition or "returned"
         if settings.disposition not in (None, "returned"):
-            self.pending_log.append(
-                f"{wf.name}: returns location {location} has disposition "
+            return [
+                f"{self.wf.name}: returns location {self.location} has disposition "
                 f"{settings.disposition!r}, not 'returned'"
-            )
+            ]
+        return []
 
     def reads(self, batch: Sequence[TagRead], now_us: int) -> WorkflowOutput:
         out = WorkflowOutput(log=self.pending_log)

@@ -913,9 +913,9 @@ def _shutdown_hung(grace_s: float, loop: asyncio.AbstractEventLoop | None = None
 
 
 async def _reload(pipeline: Pipeline) -> None:
-    """SIGHUP: new locations, portals, profiles; tag state and the outbox are kept. A bad new
-    config is refused and logged; the old one stays in force. Sections that need a restart
-    (mqtt, devices, metrics, gateway) are reported, not applied."""
+    """SIGHUP: new locations (for the handheld workflows too), portals, profiles; tag state and
+    the outbox are kept. A bad new config is refused and logged; the old one stays in force.
+    Sections that need a restart (mqtt, devices, metrics, gateway) are reported, not applied."""
     sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
     try:
         new = config_mod.load(pipeline.settings.path)
@@ -935,6 +935,9 @@ async def _reload(pipeline: Pipeline) -> None:
             engine=new.engine,
             epcis=new.epcis,
         )
+        for workflow in pipeline.workflows.values():  # handhelds: labels, bizSteps, ...
+            for line in workflow.reload(new.locations):
+                log.warning("%s", line)
         log.info("reloaded %s (locations, portals, profiles, engine, epcis)", new.path)
         if needs_restart:
             log.warning("changes to %s take effect only after a restart", ", ".join(needs_restart))
