@@ -48,7 +48,8 @@ if str(ROOT) not in sys.path:  # `python tools/soak.py` as well as `python -m to
 
 from gateway import demo  # noqa: E402
 from simulators.llrp.server import Generator, ReaderSpec, SimServer  # noqa: E402
-from tests.chaos.site import (  # noqa: E402
+from tools.harness import ListenProcess, fc_edge, free_port, wait_for  # noqa: E402
+from tools.simsite import (  # noqa: E402
     CONVEYOR,
     ROBOT,
     Handheld,
@@ -64,8 +65,6 @@ from tests.chaos.site import (  # noqa: E402
     scrape,
     wait_connected,
 )
-from tests.conftest import ListenProcess, fc_edge  # noqa: E402
-from tests.helpers import free_port, wait_for  # noqa: E402
 
 SITE = "SOAK"
 CHURN_READER = "staging"

@@ -23,7 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.site import (
+from tests.support.broker import Broker
+from tests.support.chaos import persistent_broker
+from tests.support.gateway import ListenProcess, fc_edge, gateway_toml
+from tests.support.helpers import free_port, wait_for
+from tests.support.spine import ZONE_READER, write_zone_capture
+from tools.simsite import (
     Tail,
     by_stream,
     last_appended,
@@ -32,19 +37,6 @@ from tests.chaos.site import (
     scrape,
     wait_connected,
 )
-from tests.conftest import Broker, ListenProcess, fc_edge, gateway_toml
-from tests.e2e.test_spine import ZONE_READER, write_zone_capture
-from tests.helpers import free_port, wait_for
-
-
-def persistent_broker(tmp_path: Path) -> Broker:
-    # Saved on SIGTERM (and every 60 s): conftest's 1 s autosave rewrites the whole store each
-    # second, which with a backlog of 100k+ queued messages stalls the broker (measured: the
-    # gateway's drain fell to ~1.8k msg/s).
-    b = Broker(tmp_path / "broker", free_port(), persistence=True, extra=["autosave_interval 60"])
-    b.workdir.mkdir()
-    b.start()
-    return b
 
 
 def zone_gateway(

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.site import (
+from tests.support.broker import Broker
+from tests.support.helpers import wait_for
+from tools.simsite import (
     CONVEYOR,
     HANDHELD,
     ROBOT,
@@ -25,8 +27,6 @@ from tests.chaos.site import (
     scrape,
     wait_all_up,
 )
-from tests.conftest import Broker
-from tests.helpers import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.site import (
+from tests.support.broker import Broker
+from tests.support.gateway import ListenProcess
+from tests.support.helpers import wait_for
+from tools.simsite import (
     ROBOT,
     Tail,
     exactly_once_problems,
@@ -26,8 +29,6 @@ from tests.chaos.site import (
     running_site,
     wait_all_up,
 )
-from tests.conftest import Broker, ListenProcess
-from tests.helpers import wait_for
 
 KILLS = 20
 STREAMS = "movements,counts,equipment,dropped"

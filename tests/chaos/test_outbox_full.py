@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.site import (
+from tests.support.chaos import persistent_broker
+from tests.support.gateway import ListenProcess, fc_edge, gateway_toml
+from tests.support.helpers import free_port, validate_message, wait_for
+from tests.support.spine import ZONE_READER, write_zone_capture
+from tools.simsite import (
     Tail,
     by_stream,
     last_appended,
@@ -23,10 +27,6 @@ from tests.chaos.site import (
     scrape,
     wait_connected,
 )
-from tests.chaos.test_broker_chaos import persistent_broker
-from tests.conftest import ListenProcess, fc_edge, gateway_toml
-from tests.e2e.test_spine import ZONE_READER, write_zone_capture
-from tests.helpers import free_port, validate_message, wait_for
 
 EPCS = 10_000  # 20 s at 500/s; each departs 30 s after its last read: 20k movements in all
 

@@ -29,7 +29,7 @@ from drivers.llrp import LLRPDriver, LLRPOptions, install_log_filter
 from gateway.config import AntennaSettings, DeviceSettings
 from gateway.confschema import Errors, build
 from simulators.llrp import ReaderSpec, SimServer
-from tests.helpers import RecordingSink, free_port, wait_for
+from tests.support.helpers import RecordingSink, free_port, wait_for
 
 CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llrp-captures"
 READER = "dock-07"

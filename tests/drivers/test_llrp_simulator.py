@@ -22,7 +22,7 @@ from sllurp.llrp import LLRPMessage, LLRPReaderClient, LLRPReaderConfig, LLRPRea
 
 from simulators.llrp import FaultError, Generator, ReaderSpec, SimServer, codec
 from simulators.llrp.cli import serve, truth_lines
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 EPC96 = "3034257bf400b7800004cb2f"
 EPC128 = "e2801160600002084f6a3c3d00112233"

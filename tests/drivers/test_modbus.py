@@ -28,7 +28,7 @@ from simulators.modbus import (
     SimulatorServer,
     SimulatorThread,
 )
-from tests.helpers import RecordingSink, free_port, wait_for
+from tests.support.helpers import RecordingSink, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "equipment"

@@ -15,7 +15,7 @@ from pymodbus.client import ModbusTcpClient
 
 from simulators.modbus import PackMLMachine, RobotCell, SimulatorServer, SimulatorThread
 from simulators.modbus.cli import main, parse_listen
-from tests.helpers import free_port, wait_for
+from tests.support.helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from gateway.config import DeviceSettings
 from simulators.tsl import PtyTransport, SimulatedReader, TagInRange, TcpTransport
 from simulators.tsl.scenario import sgtin96
 from simulators.tsl.transport import Transport
-from tests.helpers import RecordingSink, wait_for
+from tests.support.helpers import RecordingSink, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EPCS = [sgtin96("0614141", "812345", n) for n in range(1, 6)]

@@ -24,8 +24,8 @@ from gateway import config as config_mod
 from gateway import demo
 from simulators import scenario as scenarios
 from simulators.tsl.scenario import load as load_tsl_scenario
-from tests.conftest import ROOT
-from tests.helpers import wait_for
+from tests.support.gateway import ROOT
+from tests.support.helpers import wait_for
 
 # --- the pieces, fast ----------------------------------------------------------------------------
 

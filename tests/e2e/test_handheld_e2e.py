@@ -13,8 +13,9 @@ from typing import Any
 from gateway.model import TagState
 from gateway.outbox import Outbox
 from simulators.scenario import sgtin96
-from tests.conftest import Broker, ListenProcess, fc_edge, gateway_head
-from tests.helpers import validate_message, wait_for
+from tests.support.broker import Broker
+from tests.support.gateway import ListenProcess, fc_edge, gateway_head
+from tests.support.helpers import validate_message, wait_for
 
 
 def handheld_config(state: Path, broker_url: str, port: int, workflow: str) -> str:

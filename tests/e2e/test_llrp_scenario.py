@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Broker, ListenProcess, fc_edge
-from tests.helpers import validate_message, wait_for
+from tests.support.broker import Broker
+from tests.support.gateway import ROOT, ListenProcess, fc_edge
+from tests.support.helpers import validate_message, wait_for
 
 
 def run_scenario(

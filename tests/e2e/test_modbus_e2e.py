@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, Broker, ListenProcess, fc_edge, gateway_head
-from tests.helpers import validate_message, wait_for
+from tests.support.broker import Broker
+from tests.support.gateway import ROOT, ListenProcess, fc_edge, gateway_head
+from tests.support.helpers import validate_message, wait_for
 
 
 def equipment_config(state: Path, broker_url: str, devices: dict[str, tuple[str, int]]) -> str:

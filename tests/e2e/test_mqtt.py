@@ -13,9 +13,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import Broker, ListenProcess, fc_edge, gateway_toml
-from tests.e2e.test_spine import ZONE_READER, movements, write_zone_capture
-from tests.helpers import validate_message, wait_for
+from tests.support.broker import Broker
+from tests.support.gateway import ListenProcess, fc_edge, gateway_toml
+from tests.support.helpers import validate_message, wait_for
+from tests.support.spine import ZONE_READER, movements, write_zone_capture
 
 
 class Watcher:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, fc_edge
+from tests.support.gateway import ROOT, fc_edge
 
 
 def test_record_writes_a_replayable_capture(tmp_path: Path) -> None:

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from gateway import config
-from tests.conftest import Broker, fc_edge, gateway_toml
-from tests.e2e.test_spine import ZONE_READER, outbox_depth, write_zone_capture
-from tests.helpers import free_port, wait_for
+from tests.support.broker import Broker
+from tests.support.gateway import fc_edge, gateway_toml
+from tests.support.helpers import free_port, wait_for
+from tests.support.spine import ZONE_READER, outbox_depth, write_zone_capture
 
 INSECURE_WARNING = "NOT verified"
 N = 30  # movements the zone capture makes

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,53 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker, ListenProcess, fc_edge, gateway_toml
-from tests.helpers import sgtin96, validate_message, wait_for
-
-ZONE_READER = """
-[[readers]]
-name = "zone-1"
-driver = "replay"
-file = "{capture}"
-speed = {speed}
-[readers.antennas]
-1 = {{ location = "STAGING", read_point = "stg-1" }}
-"""
-
-
-def write_zone_capture(path: Path, n_epcs: int, per_second: int, reads_each: int = 8) -> list[str]:
-    """n distinct EPCs arriving in the STAGING zone, `per_second` new ones each second, each
-    read `reads_each` times 500 ms apart: plainly there, for any sane engine profile."""
-    epcs = [sgtin96(4912345, 67890, i) for i in range(n_epcs)]
-    rows = []
-    for i, epc in enumerate(epcs):
-        t0 = i / per_second
-        rows += [(round(t0 + k * 0.5, 3), epc) for k in range(reads_each)]
-    rows.sort()
-    with path.open("w") as f:
-        for t, epc in rows:
-            f.write(
-                json.dumps({"t": t, "reader": "zone-1", "antenna": 1, "epc": epc, "rssi": -55})
-                + "\n"
-            )
-    return epcs
-
-
-def outbox_depth(state_dir: Path) -> int:
-    path = state_dir / "outbox.db"
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        db.close()
-
-
-def movements(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m for m in lines if m.get("schema", "").startswith("fc-edge/movement")]
+from tests.support.broker import Broker
+from tests.support.gateway import ListenProcess, fc_edge, gateway_toml
+from tests.support.helpers import validate_message, wait_for
+from tests.support.spine import ZONE_READER, movements, outbox_depth, write_zone_capture
 
 
 def arrived_epcs(lines: list[dict[str, Any]]) -> set[str]:
@@ -183,7 +139,7 @@ def test_tls_with_ca_verification(
 
 
 def test_wrong_ca_fails_closed(tmp_path: Path, tls_broker: Broker) -> None:
-    from tests.conftest import make_certs
+    from tests.support.broker import make_certs
 
     other = make_certs(tmp_path / "other-ca")
     capture = tmp_path / "zone.jsonl"
@@ -274,7 +230,7 @@ def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(
 ) -> None:
     """Broker with persistence, `listen` with a persistent session; the broker is stopped
     (SIGTERM) for 30 s mid-stream and restarted: everything arrives, in seq order."""
-    from tests.helpers import free_port
+    from tests.support.helpers import free_port
 
     b = Broker(tmp_path / "broker", free_port(), persistence=True)
     b.workdir.mkdir()
@@ -312,7 +268,7 @@ def test_epcis_documents_are_published_and_valid(tmp_path: Path, broker: Broker)
     official GS1 schema accepts, one ObjectEvent per movement, eventID joined to the movement."""
     import jsonschema
 
-    from tests.unit.test_epcis import EPCIS_DIR, _checker, assert_valid
+    from tests.support.epcis import EPCIS_DIR, _checker, assert_valid
 
     capture = tmp_path / "zone.jsonl"
     write_zone_capture(capture, 50, per_second=50)

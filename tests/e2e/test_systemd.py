@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Broker, gateway_toml
-from tests.e2e.test_ops import (
+from tests.support.broker import Broker
+from tests.support.gateway import ROOT, gateway_toml
+from tests.support.helpers import free_port, sgtin96, wait_for
+from tests.support.ops import (
     ZONE_READER,
     NotifySocket,
     http_json,
     scrape,
     write_capture,
 )
-from tests.helpers import free_port, sgtin96, wait_for
 
 SYSTEMD = ROOT / "systemd"
 UNIT = SYSTEMD / "fc-edge.service"

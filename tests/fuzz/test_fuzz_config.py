@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from gateway import config
 from gateway.confschema import check_topic_name
-from tests.fuzz.scale import scaled
-from tests.fuzz.strategies import KEY_CHARS, keys, toml_values
+from tests.support.scale import scaled
+from tests.support.strategies import KEY_CHARS, keys, paths_of, toml_values
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "example.toml"
@@ -77,17 +77,6 @@ def load(raw: Any) -> config.Settings | None:
             rest = line[len(LABEL) + 2 :]
             assert ": " in rest, line  # "<dotted key>: <what is wrong>"
         return None
-
-
-def paths_of(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += paths_of(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += paths_of(v, (*prefix, i))
-    return out
 
 
 @st.composite

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulators.llrp import codec
-from tests.fuzz import llrp_harness as h
-from tests.fuzz.scale import scaled
+from tests.support import llrp_harness as h
+from tests.support.scale import scaled
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 SLOW_EXAMPLES = 14_000

@@ -29,8 +29,8 @@ from drivers.modbus_map import (
     map_from_dict,
     raw_value,
 )
-from tests.fuzz.scale import scaled
-from tests.fuzz.strategies import toml_values
+from tests.support.scale import scaled
+from tests.support.strategies import toml_values
 
 FILES = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 ROOT = Path(__file__).resolve().parents[2]

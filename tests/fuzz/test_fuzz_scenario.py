@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulators.scenario import ScenarioError, scenario_from_dict
-from tests.fuzz.scale import scaled
-from tests.fuzz.strategies import keys
-from tests.fuzz.test_fuzz_config import paths_of
+from tests.support.scale import scaled
+from tests.support.strategies import keys, paths_of
 
 ROOT = Path(__file__).resolve().parents[2]
 # The site scenarios (the handheld ones have their own format, simulators/tsl/scenario.py).

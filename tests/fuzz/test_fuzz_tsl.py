@@ -25,7 +25,7 @@ from drivers.tsl import (
     TagSeen,
     TSLParser,
 )
-from tests.fuzz.scale import scaled
+from tests.support.scale import scaled
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 PREFIXES = sorted(KNOWN_PREFIXES) + ["XX", "ep", "E"]

@@ -9,10 +9,8 @@ time and every extension member name of the schema would go unchecked.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -36,8 +34,7 @@ from gateway.epcis import (
 )
 from gateway.model import Movement, Outgoing
 from gateway.outbox import encode
-
-EPCIS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "epcis"
+from tests.support.epcis import EPCIS_DIR, _checker, assert_valid, errors
 
 SGTIN_HEX = "30352BD364424C80000003EB"  # docs/messages.md's example tag
 SGTIN_URI = "urn:epc:id:sgtin:4912345.067890.1003"
@@ -63,51 +60,11 @@ def us(text: str) -> int:
 T0 = us("2026-01-15T10:00:00.123Z")
 
 
-# --- the validator ---------------------------------------------------------------------------
-
-_URI = re.compile(
-    r"[A-Za-z][A-Za-z0-9+.\-]*:"
-    r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?\[\]]|%[0-9A-Fa-f]{2})*"
-    r"(?:#(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*)?"
-)
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
-
-
-def _checker() -> jsonschema.FormatChecker:
-    checker = jsonschema.FormatChecker(formats=())
-
-    @checker.checks("uri")
-    def is_uri(value: object) -> bool:  # RFC 3986 absolute URI (with optional fragment)
-        return not isinstance(value, str) or bool(_URI.fullmatch(value))
-
-    @checker.checks("date-time", raises=ValueError)
-    def is_date_time(value: object) -> bool:  # RFC 3339 date-time
-        if not isinstance(value, str):
-            return True
-        if not _DATE_TIME.fullmatch(value):
-            return False
-        datetime.fromisoformat(value.upper().replace("Z", "+00:00"))  # ranges: month 13 etc.
-        return True
-
-    return checker
-
-
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.Draft7Validator:
     schema = json.loads((EPCIS_DIR / "EPCIS-JSON-Schema.json").read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema, format_checker=_checker())
-
-
-def errors(validator: jsonschema.Draft7Validator, doc: Any) -> list[str]:
-    return [
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
-    ]
-
-
-def assert_valid(validator: jsonschema.Draft7Validator, doc: Any) -> None:
-    problems = errors(validator, doc)
-    assert not problems, "\n".join(problems)
 
 
 def example() -> dict[str, Any]:

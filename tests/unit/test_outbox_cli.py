@@ -9,8 +9,8 @@ from pathlib import Path
 
 from gateway.model import Outgoing
 from gateway.outbox import Outbox
-from tests.conftest import ROOT, gateway_toml
-from tests.e2e.test_spine import ZONE_READER
+from tests.support.gateway import ROOT, gateway_toml
+from tests.support.spine import ZONE_READER
 
 
 def outbox_cli(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:

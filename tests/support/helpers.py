@@ -1,46 +1,27 @@
 """Shared test helpers: a recording sink (a real Sink implementation that keeps what it is
-given, for driver-vs-simulator tests), free loopback ports, and polling."""
+given, for driver-vs-simulator tests), message validation against the JSON Schemas, and (from
+tools/harness.py, shared with the soak tool) free loopback ports, polling, JSON lines and
+SGTIN-96 EPCs."""
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from drivers.base import DeviceEvent, DriverHealth
 from gateway.model import Movement, TagRead
+from tools.harness import free_port, json_lines, sgtin96, wait_for
 
-
-def json_lines(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines a running process has written to `path` so far. A last line without its
-    newline is still being written and is left for the next look (parsing it failed a CI run
-    once); every complete line must parse."""
-    text = path.read_text(errors="replace")
-    complete = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll until predicate() is truthy; returns its value or raises AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+__all__ = [
+    "RecordingSink",
+    "free_port",
+    "json_lines",
+    "sgtin96",
+    "validate_message",
+    "wait_for",
+]
 
 
 class RecordingSink:
@@ -95,18 +76,6 @@ class RecordingSink:
             return [h.state for _, h in self.states]
 
 
-def sgtin96(company: int, item: int, serial: int, filter_value: int = 1) -> str:
-    """An SGTIN-96 EPC (hex) for a 7-digit company prefix (partition 5), packed by hand so
-    tests can make thousands quickly; decode_epc() checks the packing against epcpy."""
-    value = 0x30
-    value = value << 3 | filter_value
-    value = value << 3 | 5  # partition 5: 24-bit company prefix, 20-bit item reference
-    value = value << 24 | company
-    value = value << 20 | item
-    value = value << 38 | serial
-    return f"{value:024X}"
-
-
 _SCHEMA_FILES = {
     "fc-edge/movement/1": "movement.json",
     "fc-edge/dropped/1": "dropped.json",
@@ -125,5 +94,5 @@ def validate_message(obj: dict[str, Any]) -> None:
     import jsonschema
 
     name = _SCHEMA_FILES[obj["schema"]]
-    path = Path(__file__).resolve().parent.parent / "gateway" / "schemas" / name
+    path = Path(__file__).resolve().parents[2] / "gateway" / "schemas" / name
     jsonschema.validate(obj, json.loads(path.read_text()))

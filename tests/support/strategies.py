@@ -1,8 +1,10 @@
-"""Shared hypothesis strategies: values a TOML or JSON parser can hand over."""
+"""Shared hypothesis strategies: values a TOML or JSON parser can hand over; and every path
+into a parsed document, for mutating one."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -31,3 +33,14 @@ toml_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
     max_leaves=12,
 )
+
+
+def paths_of(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += paths_of(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += paths_of(v, (*prefix, i))
+    return out

@@ -27,7 +27,7 @@ from sllurp.llrp_errors import ReaderConfigurationError
 from drivers.llrp import MAX_FRAME_BYTES, LLRPDriver, LLRPOptions, _Session
 from gateway.config import AntennaSettings, DeviceSettings
 from simulators.llrp import codec, r420
-from tests.helpers import RecordingSink
+from tests.support.helpers import RecordingSink
 
 READER = "fuzz-reader"
 ANTENNAS = (1, 2)

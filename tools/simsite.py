@@ -1,5 +1,5 @@
-"""A whole simulated site for the chaos tests and the soak, every part real and its own process
-where the gateway would meet it in production:
+"""A whole simulated site for the chaos tests (tests/chaos/) and the soak (tools/soak.py), every
+part real and its own process where the gateway would meet it in production:
 
 * the LLRP simulator (`fc-edge simulate llrp`, the demo's site scenario, HTTP control channel),
   fed extra reads through its control channel so every reader delivers all the time;
@@ -34,8 +34,7 @@ from simulators.tsl.reader import SimulatedReader
 from simulators.tsl.scenario import ScenarioRunner
 from simulators.tsl.scenario import load as load_tsl_scenario
 from simulators.tsl.transport import TcpTransport
-from tests.conftest import fc_edge
-from tests.helpers import free_port, sgtin96, wait_for
+from tools.harness import fc_edge, free_port, sgtin96, wait_for
 
 LLRP_SITE = demo.SITE_SCENARIO
 ROBOT = "robot-cell"
