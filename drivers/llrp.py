@@ -246,6 +246,7 @@ class _Session:
         )
         self.client.add_tag_report_callback(self._on_tags)
         self.client.add_message_callback("KEEPALIVE", self._on_keepalive)
+        self.client.add_message_callback("READER_EVENT_NOTIFICATION", self._on_event)
         self.client.add_disconnected_callback(self._on_disconnected)
         for _name, state in LLRPReaderState.getStates():
             self.client.add_state_callback(state, self._on_state)
@@ -265,6 +266,16 @@ class _Session:
         reads = self.driver.convert(tags, now_us())
         with self._lock:
             self.pending.extend(reads)
+
+    def _on_event(self, _reader: Any, msg: Any) -> None:
+        """A READER_EVENT_NOTIFICATION carries the reader's clock: the first one comes at
+        connect, before any backlog, so the offset is known before stale reads arrive."""
+        try:
+            data = msg.msgdict["READER_EVENT_NOTIFICATION"]["ReaderEventNotificationData"]
+            stamp = int(data["UTCTimestamp"]["Microseconds"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return  # no timestamp (an uptime clock): the reads will tell
+        self.driver.clock.correct(stamp, now_us())
 
     def _on_keepalive(self, _reader: Any, _msg: Any) -> None:
         self.last_alive = time.monotonic()

@@ -84,3 +84,17 @@ class ReaderClock:
             self._window_start = None  # not one steady new offset: start over
         elif arrival_us - self._window_start >= WINDOW_US:
             self._set(self._window_min, arrival_us)
+
+
+class ReaderClocks:
+    """A ReaderClock per reader (a bench or a replay of several readers' reads)."""
+
+    def __init__(self, max_step_us: int = 5_000_000) -> None:
+        self.max_step_us = max_step_us
+        self.by_reader: dict[str, ReaderClock] = {}
+
+    def correct(self, reader: str, stamp_us: int, arrival_us: int) -> int:
+        clock = self.by_reader.get(reader)
+        if clock is None:
+            clock = self.by_reader[reader] = ReaderClock(self.max_step_us)
+        return clock.correct(stamp_us, arrival_us)
