@@ -157,9 +157,12 @@ def test_reads_arrive_converted() -> None:
         assert (b.antenna, b.rssi) == (2, -61.0)
         assert (long.antenna, long.rssi) == (2, -70.0)
         start = sim.start_epoch_us
-        # The reader's own timestamps (start + t), not the arrival time.
-        assert a.time_us == start + 200_000
-        assert long.time_us == start + 300_000
+        # The reader's own timestamps (start + t), put on the gateway clock: shifted by the
+        # reader's estimated offset (here the loopback's least delay), spacing kept.
+        offset = drv.clock.offset_us
+        assert offset is not None and 0 <= offset < 50_000
+        assert 0 <= a.time_us - (start + 200_000) < 50_000
+        assert abs((long.time_us - a.time_us) - 100_000) < 20_000
         assert isinstance(a.rssi, float) and isinstance(a.time_us, int)
         health = drv.health()
         assert health.state == "up"
@@ -343,17 +346,12 @@ def test_cancel_during_backoff_and_while_connecting() -> None:
 # --- clock skew ------------------------------------------------------------------------------
 
 
-def test_clock_skew_uses_arrival_time_logs_once_and_recovers(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="drivers.llrp")
+def test_a_late_report_keeps_its_reader_time_and_keepalives_report_progress() -> None:
+    """A report that reaches the gateway seconds after its reads (a backlog after a
+    reconnect) keeps the time the reads happened: a late read is still data, in its place."""
     with (
         simulated() as sim,
-        driving(sim.reader(READER).port, max_clock_skew_s=1.5) as (
-            drv,
-            sink,
-            _,
-        ),
+        driving(sim.reader(READER).port, max_clock_skew_s=1.5) as (drv, sink, _),
     ):
         reads_flow(sim, sink)
         wait_for(lambda: sim.elapsed() > 4.0, timeout=10)
@@ -363,17 +361,59 @@ def test_clock_skew_uses_arrival_time_logs_once_and_recovers(
         before_us = time.time_ns() // 1000
         reader.add_reads([(0.0, 1, e, -50) for e in old])
         wait_for(lambda: set(old) <= epcs(sink), timeout=10)
-        skewed = [r for r in sink.all_reads if r.epc in old]
-        assert all(r.time_us >= before_us for r in skewed)  # arrival time, not the reader's
-        assert drv.health().errors["clock_skew"] == 3
-        reader.add_reads([(0.0, 2, unique_epc(), -50)])
-        wait_for(lambda: drv.health().errors["clock_skew"] == 4, timeout=10)
-        # Back in range: reader timestamps are used again, and "recovered" is logged once.
-        fresh = reads_flow(sim, sink)
-        fresh_read = next(r for r in sink.all_reads if r.epc == fresh)
-        assert abs(fresh_read.time_us - time.time_ns() // 1000) < 10_000_000
+        late = [r for r in sink.all_reads if r.epc in old]
+        assert all(abs(r.time_us - sim.start_epoch_us) < 100_000 for r in late)
+        assert all(r.time_us < before_us - 3_000_000 for r in late)
+        assert drv.health().errors["clock_skew"] == 0
+        # KEEPALIVEs (every 300 ms here) tell the engine how far the reader has got.
+        wait_for(lambda: len(sink.progressed) >= 2, timeout=10)
+        assert all(name == READER for name, _ in sink.progressed)
+
+
+def test_the_reader_clock_is_known_from_the_connect_event_before_any_read() -> None:
+    """The READER_EVENT_NOTIFICATION at connect carries the reader's clock: a backlog sent
+    right after the ROSpec starts is then placed by it, not taken as the clock's offset."""
+    with simulated() as sim, driving(sim.reader(READER).port) as (drv, sink, _):
+        wait_for(lambda: drv.health().state == "up", timeout=10)
+        assert not sink.all_reads
+        offset = drv.clock.offset_us
+        assert offset is not None and abs(offset) < 1_000_000
+
+
+def test_impossible_reader_times_use_arrival_are_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The conversion on its own (sllurp's tag dicts, as its callback gets them): a reader
+    whose clock runs 3 s ahead is corrected; a stamp 10 s later than its clock allows is
+    impossible: arrival time, counted, logged once; then "recovered" once."""
+    caplog.set_level(logging.INFO, logger="drivers.llrp")
+    drv = LLRPDriver(device(5084, max_clock_skew_s=5.0), RecordingSink())
+    arrival = 1_800_000_000_000_000
+
+    def tag(stamp: int) -> dict[str, Any]:
+        return {
+            "EPC-96": b"3034257bf7194e4000001a85",
+            "AntennaID": 1,
+            "PeakRSSI": -50,
+            "LastSeenTimestampUTC": stamp,
+        }
+
+    ahead = 3_000_000
+    (first,) = drv.convert([tag(arrival + ahead - 2_000)], arrival)
+    assert first.time_us == arrival
+    (ok,) = drv.convert([tag(arrival + 100_000 + ahead - 5_000)], arrival + 100_000)
+    # 3 ms more delay than the first read: it happened 3 ms before it came (the estimate has
+    # aged by 0.1 ms meanwhile: 1 ms a second, for drift).
+    assert ok.time_us == arrival + 100_000 - 3_000 + 100
+    (bad,) = drv.convert([tag(arrival + 200_000 + ahead + 10_000_000)], arrival + 200_000)
+    assert bad.time_us == arrival + 200_000
+    drv.convert([tag(arrival + 300_000 + ahead + 10_000_000)], arrival + 300_000)
+    assert drv.health().errors["clock_skew"] == 2
+    assert drv.clock.offset_us == -ahead + 2_000  # the impossible stamps did not move it
+    (back,) = drv.convert([tag(arrival + 400_000 + ahead - 5_000)], arrival + 400_000)
+    assert back.time_us == arrival + 400_000 - 3_000 + 400
     messages = [r.getMessage() for r in caplog.records if r.name == "drivers.llrp"]
-    assert sum("clock is more than" in m for m in messages) == 1
+    assert sum("later than the reader's clock" in m for m in messages) == 1
     assert sum("clock recovered" in m for m in messages) == 1
 
 

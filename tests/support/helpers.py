@@ -35,6 +35,7 @@ class RecordingSink:
         self.events: list[DeviceEvent] = []
         self.moves: list[Movement] = []
         self.states: list[tuple[str, DriverHealth]] = []
+        self.progressed: list[tuple[str, int]] = []
         self.hold_movements = False
         self.pending: list[Future[None]] = []
 
@@ -57,6 +58,10 @@ class RecordingSink:
             else:
                 future.set_result(None)
         return future
+
+    def progress(self, source: str, time_us: int) -> None:
+        with self.lock:
+            self.progressed.append((source, time_us))
 
     def device_state(self, device: str, health: DriverHealth) -> None:
         with self.lock:
