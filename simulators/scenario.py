@@ -31,6 +31,9 @@ from typing import Any, Literal
 
 import jsonschema
 
+from simulators import bursty as bursty_model
+from simulators.bursty import BurstyRadio
+
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
 SCENARIOS_DIR = Path(__file__).with_name("scenarios")
 
@@ -91,6 +94,47 @@ class Radio:
     cross_read_rate: float = 0.0
     cross_read_drop_db: float = 8.0
     stray_rate: float = 0.0
+    model: Literal["independent", "bursty"] = "independent"
+    bursty: BurstyRadio | None = None  # the second model's own parameters (model "bursty")
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """A reader's link to the gateway is down over [at_s, at_s + for_s) (gateway time)."""
+
+    at_s: float
+    for_s: float
+    buffer: bool = True  # the reader keeps its reports and sends them on reconnect
+
+    @property
+    def end_s(self) -> float:
+        return self.at_s + self.for_s
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How a reader's reports reach the gateway (docs/scenarios.md, *Reader transport*)."""
+
+    clock_offset_s: float = 0.0  # the reader's clock runs ahead: stamp = true time + offset
+    delivery_delay_s: float = 0.0  # a report arrives this long after the read
+    delivery_jitter_s: float = 0.0  # plus U(0, jitter), keeping the reader's order
+    outages: tuple[Outage, ...] = ()
+
+    @property
+    def trivial(self) -> bool:
+        return self == NO_TRANSPORT
+
+    def blind(self) -> list[tuple[float, float]]:
+        """Spans of true read time whose reads are lost (outages without buffering): a read
+        made then would have arrived during the outage."""
+        return [
+            (max(0.0, o.at_s - self.delivery_delay_s), o.end_s)
+            for o in self.outages
+            if not o.buffer
+        ]
+
+
+NO_TRANSPORT = Transport()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +182,8 @@ class Scenario:
     radio: Radio
     groups: Mapping[str, tuple[str, ...]]  # group -> EPCs (upper-case hex), file order
     timeline: tuple[Step, ...]
+    # reader -> its transport, for readers that have one (clock offset, delays, outages)
+    transport: Mapping[str, Transport] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def locations(self) -> tuple[str, ...]:
@@ -235,10 +281,60 @@ def _build(raw: dict[str, Any], path: str, errors: list[str]) -> Scenario:
         roles=MappingProxyType(roles),
         readers=MappingProxyType(readers),
         portals=MappingProxyType(portals),
-        radio=Radio(**raw["radio"]),
+        radio=_build_radio(raw["radio"], readers, errors),
         groups=MappingProxyType(groups),
         timeline=tuple(timeline),
+        transport=MappingProxyType(_build_transport(raw["readers"], errors)),
     )
+
+
+_SHARED_RADIO_KEYS = (
+    "round_ms",
+    "read_rate",
+    "rssi_near",
+    "rssi_sigma",
+    "cross_read_rate",
+    "cross_read_drop_db",
+    "stray_rate",
+)
+
+
+def _build_radio(
+    raw: dict[str, Any], readers: Mapping[str, Mapping[int, AntennaSpec]], errors: list[str]
+) -> Radio:
+    shared = {k: raw[k] for k in _SHARED_RADIO_KEYS if k in raw}
+    if raw.get("model", "independent") == "independent":
+        return Radio(**shared)
+    for text in raw.get("antenna_gain_db", {}):
+        reader, _, number = text.rpartition(":")
+        if reader not in readers or int(number) not in readers[reader]:
+            errors.append(f"$.radio.antenna_gain_db.{text}: no such antenna")
+    return Radio(**shared, model="bursty", bursty=bursty_model.from_raw(raw))
+
+
+def _build_transport(raw: dict[str, Any], errors: list[str]) -> dict[str, Transport]:
+    out = {}
+    for name, spec in raw.items():
+        outages = tuple(
+            Outage(float(o["at_s"]), float(o["for_s"]), bool(o.get("buffer", True)))
+            for o in spec.get("outages", [])
+        )
+        ordered = sorted(range(len(outages)), key=lambda i: outages[i].at_s)
+        for a, b in itertools.pairwise(ordered):
+            if outages[b].at_s < outages[a].end_s:
+                errors.append(
+                    f"$.readers.{name}.outages[{b}]: starts at {outages[b].at_s:g} s, before "
+                    f"outages[{a}] ends ({outages[a].end_s:g} s)"
+                )
+        transport = Transport(
+            float(spec.get("clock_offset_s", 0.0)),
+            float(spec.get("delivery_delay_s", 0.0)),
+            float(spec.get("delivery_jitter_s", 0.0)),
+            tuple(outages[i] for i in ordered),
+        )
+        if not transport.trivial:
+            out[name] = transport
+    return out
 
 
 def _build_portals(
@@ -468,6 +564,7 @@ def plan(scenario: Scenario, errors: list[str] | None = None) -> Plan:
     """
     collected: list[str] = [] if errors is None else errors
     result = Plan()
+    blind = blind_spans(scenario)
     by_group: dict[str, list[Step]] = {g: [] for g in scenario.groups}
     for step in sorted(scenario.timeline, key=lambda s: (s.t, s.index)):
         by_group[step.group].append(step)
@@ -477,7 +574,10 @@ def plan(scenario: Scenario, errors: list[str] | None = None) -> Plan:
             walker.apply(step)
         walker.finish()
         result.intervals[group] = walker.intervals
-        result.events.extend(walker.events)
+        if blind:
+            result.events.extend(_observed_events(scenario, group, walker.moves, blind))
+        else:
+            result.events.extend(walker.events)
     group_order = {g: i for i, g in enumerate(scenario.groups)}
     result.events.sort(key=lambda e: (e.t_s, group_order[e.group]))
     if errors is None and collected:
@@ -499,6 +599,7 @@ class _GroupWalker:
         self.busy_step = -1
         self.intervals: list[Interval] = []
         self.events: list[TruthEvent] = []
+        self.moves: list[tuple[float, str | None, str | None]] = []  # (t, where, came_from)
 
     def apply(self, step: Step) -> None:
         here = f"$.timeline[{step.index}]"
@@ -586,6 +687,7 @@ class _GroupWalker:
         return location, None
 
     def _transition(self, target: str | None, t: float, came_from: str | None = None) -> None:
+        self.moves.append((t, target, came_from))
         before, before_offsite = self._observed(self.where)
         after, after_offsite = self._observed(target)
         self.where = target
@@ -601,24 +703,143 @@ class _GroupWalker:
         self.events.append(TruthEvent(round(t, 6), self.group, kind, from_, to))
 
 
+def blind_spans(scenario: Scenario) -> dict[str, list[tuple[float, float]]]:
+    """reader -> spans of true time whose reads never reach the gateway (unbuffered outages)."""
+    return {reader: spans for reader, tr in scenario.transport.items() if (spans := tr.blind())}
+
+
+def _observed_events(
+    scenario: Scenario,
+    group: str,
+    moves: Sequence[tuple[float, str | None, str | None]],
+    blind: Mapping[str, list[tuple[float, float]]],
+) -> list[TruthEvent]:
+    """The truth of one group when some reader loses reads (an unbuffered outage): what an
+    ideal gateway fed only the reads that arrive could tell. While every reader covering a
+    location is blind, the gateway cannot see a tag there, nor see that it left: a change
+    becomes observable when the tag is seen somewhere (a reader covering its new location is
+    not blind) or, for a tag gone out of every field, when a reader covering where it was is
+    back. It is dated then; several changes within one blind span collapse into one (from
+    the last observed state to the state at that moment), and a crossing's outside location
+    is its `from` only when the crossing itself was seen. Without blind spans this gives the
+    events of _GroupWalker, change for change."""
+
+    def blind_at(reader: str, t: float) -> bool:
+        return any(a <= t < b for a, b in blind.get(reader, ()))
+
+    def seeing(location: str | None, t: float) -> bool:
+        refs = scenario.antennas_at(location) if location is not None else frozenset()
+        return any(not blind_at(reader, t) for reader, _ in refs)
+
+    def observed(location: str | None) -> tuple[str | None, str | None]:
+        if location is None or not scenario.visible(location):
+            return None, None
+        if location in scenario.offsite:
+            return None, location
+        return location, None
+
+    # Every move when it happens, and every end of a blind span (after the moves of that time).
+    checks = [(t, 0, i) for i, (t, _, _) in enumerate(moves)]
+    checks += [(b, 1, -1) for b in sorted({b for spans in blind.values() for _, b in spans})]
+    checks.sort()
+    events: list[TruthEvent] = []
+    seen_at: str | None = None  # where the gateway last saw the group (None: nowhere)
+    k = -1
+    for t, kind, i in checks:
+        if kind == 0:
+            k = i
+        if k < 0:
+            continue
+        _, where, came_from = moves[k]
+        if observed(where) == observed(seen_at):
+            seen_at = where
+            continue
+        visible_now = where is not None and scenario.visible(where)
+        if not (seeing(where, t) if visible_now else seeing(seen_at, t) or seen_at is None):
+            continue
+        before, before_offsite = observed(seen_at)
+        after, after_offsite = observed(where)
+        stamp = round(t, 6)
+        if before is not None and after is not None:
+            events.append(TruthEvent(stamp, group, "moved", before, after))
+        elif before is not None:
+            events.append(TruthEvent(stamp, group, "departed", before, after_offsite))
+        elif after is not None:
+            origin = came_from if kind == 0 else None
+            events.append(TruthEvent(stamp, group, "arrived", origin or before_offsite, after))
+        seen_at = where
+    return events
+
+
 # --- rendering ---------------------------------------------------------------------------------
+
+
+Delivery = tuple[float, float, int, str, int]  # (arrival_s, stamp_s, antenna, epc, rssi)
 
 
 @dataclass
 class Rendering:
     scenario: Scenario
     duration_s: float
-    reads: dict[str, list[Read]]  # reader -> reads sorted by t (seconds from scenario start)
+    # reader -> the reads it reports, sorted by t = its own timestamp (seconds from the scenario
+    # start; the true time of the read plus the reader's clock_offset_s); reads lost in an
+    # unbuffered outage are not here
+    reads: dict[str, list[Read]]
     truth: list[dict[str, Any]]  # {"epc", "type", "from", "to", "t_s"}
+    # reader -> the same reads as the gateway receives them, in arrival order: (arrival_s on the
+    # gateway's clock, the reader's stamp, antenna, epc, rssi). Without transport settings
+    # arrival_s == stamp == t.
+    deliveries: dict[str, list[Delivery]] = field(default_factory=dict)
 
 
 def render(scenario: Scenario, until_s: float | None = None) -> Rendering:
     """Reads of every reader for [0, until_s) (default: the scenario's duration) and the truth."""
     until = scenario.duration if until_s is None else until_s
-    reads: dict[str, list[Read]] = {name: [] for name in scenario.readers}
+    made: dict[str, list[Read]] = {name: [] for name in scenario.readers}
     for t, reader, antenna, epc, rssi in iter_reads(scenario, until):
-        reads[reader].append((t, antenna, epc, rssi))
-    return Rendering(scenario, until, reads, truth(scenario))
+        made[reader].append((t, antenna, epc, rssi))
+    reads: dict[str, list[Read]] = {}
+    deliveries: dict[str, list[Delivery]] = {}
+    for name, physical in made.items():
+        reads[name], deliveries[name] = transport(scenario, name, physical)
+    return Rendering(scenario, until, reads, truth(scenario), deliveries)
+
+
+def transport(
+    scenario: Scenario, reader: str, made: list[Read]
+) -> tuple[list[Read], list[Delivery]]:
+    """The reads a reader reports (stamped by its clock) and their deliveries (docs/scenarios.md,
+    *Reader transport*), from the reads it made (true time, in order).
+
+    A report arrives delivery_delay_s + U(0, delivery_jitter_s) after the read, never before an
+    earlier one (one connection keeps its order). During an outage [at_s, at_s + for_s) of
+    gateway time nothing arrives: a report that would have arrived then (made before the outage
+    ends) is held by the reader and sent when the link is back (arriving at the end plus the
+    delay, all at once, in order), or lost without `buffer`. The jitter draws come from their
+    own generator ("transport/<seed>/<reader>"): the reads do not change with the transport."""
+    tr = scenario.transport.get(reader, NO_TRANSPORT)
+    if tr.trivial:
+        return made, [(t, t, antenna, epc, rssi) for t, antenna, epc, rssi in made]
+    rng = random.Random(f"transport/{scenario.seed}/{reader}")
+    delay, jitter, offset = tr.delivery_delay_s, tr.delivery_jitter_s, tr.clock_offset_s
+    reported: list[Read] = []
+    delivered: list[Delivery] = []
+    last = -math.inf
+    for t, antenna, epc, rssi in made:
+        arrival = t + delay + (jitter * rng.random() if jitter > 0 else 0.0)
+        lost = False
+        for o in tr.outages:
+            if t < o.end_s and arrival >= o.at_s:
+                lost = not o.buffer
+                arrival = o.end_s + delay
+                break
+        if lost:
+            continue
+        last = arrival = max(last, arrival)
+        stamp = round(t + offset, 6)
+        reported.append((stamp, antenna, epc, rssi))
+        delivered.append((round(arrival, 6), stamp, antenna, epc, rssi))
+    return reported, delivered
 
 
 def truth(scenario: Scenario) -> list[dict[str, Any]]:
@@ -635,7 +856,11 @@ def iter_reads(
 ) -> Iterator[tuple[float, str, int, str, int]]:
     """(t_s, reader, antenna, epc, rssi) in time order, round after round; endless when until_s
     is None, so a simulator keeps rendering the final state for as long as it runs. The same
-    seed gives the same stream, however far it is read."""
+    seed gives the same stream, however far it is read. The true time of each read: the
+    reader transport (clock offsets, delays, outages) is applied by render()."""
+    if scenario.radio.model == "bursty":
+        yield from _iter_bursty(scenario, until_s)
+        return
     rng = random.Random(scenario.seed)
     radio = scenario.radio
     round_s = radio.round_ms / 1000.0
@@ -656,6 +881,30 @@ def iter_reads(
             _render_round(rng, radio, round_s, t0, epcs, layout, batch)
         batch.sort(key=lambda r: r[0])
         yield from batch
+
+
+def _iter_bursty(
+    scenario: Scenario, until_s: float | None
+) -> Iterator[tuple[float, str, int, str, int]]:
+    """The second noise model (simulators/bursty.py) over the same plan and geometry."""
+    radio = scenario.radio
+    assert radio.bursty is not None
+    intervals = plan(scenario).intervals
+    groups = [(scenario.groups[g], intervals[g]) for g in scenario.groups if intervals[g]]
+    layouts: dict[tuple[frozenset[Ref], frozenset[Ref]], _Layout] = {}
+
+    def active(t0: float) -> list[tuple[Sequence[str], _Layout]]:
+        out: list[tuple[Sequence[str], _Layout]] = []
+        for epcs, spans in groups:
+            fields, strays = _active(spans, t0)
+            if fields or strays:
+                key = (fields, strays)
+                layout = layouts.get(key) or layouts.setdefault(key, _Layout.of(scenario, *key))
+                out.append((epcs, layout))
+        return out
+
+    refs = [(r, n) for r, antennas in scenario.readers.items() for n in sorted(antennas)]
+    yield from bursty_model.iter_bursty(scenario.seed, radio, radio.bursty, refs, active, until_s)
 
 
 def _active(spans: list[Interval], t: float) -> tuple[frozenset[Ref], frozenset[Ref]]:
