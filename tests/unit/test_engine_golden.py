@@ -7,10 +7,10 @@ and evidence; persisted tag states; resume floors; suppression, movement and evi
   engine made before the speed work on every shipped scenario and on harsh variants of each
   (`gateway.bench_engine.harsh_variant`, seeds 11 and 13). Regenerate only for an intended
   change of behaviour: `.venv/bin/python -m tests.unit.test_engine_golden`.
-* **Reference engine** (`engine_reference.py`, a verbatim copy of core.py before the speed work):
-  the same inputs, a synthetic site with eviction, and hypothesis-generated read sequences
-  (out of order, late, duplicated, weak, unknown antennas, device moves, restarts) go through
-  both engines; every output must be identical.
+* **Reference engine** (`tests/support/engine_reference.py`, a copy of core.py before the speed
+  work, with the rule changes since): the same inputs, a synthetic site with eviction, and
+  hypothesis-generated read sequences (out of order, late, duplicated, weak, unknown antennas,
+  device moves, restarts) go through both engines; every output must be identical.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from gateway.engine import Engine, EngineConfig
 from gateway.engine.core import PythonLoopEngine
 from gateway.engine.settings import EngineSettings
 from gateway.model import Movement, TagRead, TagState
-from tests.unit import engine_reference
-from tests.unit.test_engine import T0, keepalive, site
+from tests.support import engine_reference
+from tests.support.engine_site import T0, keepalive, site
 
 GOLDEN = Path(__file__).with_name("engine_golden.json.gz")
 SHIPPED = shipped_scenarios()
