@@ -1,15 +1,26 @@
 """Benchmarks of the movement engine: quality against scenario truth, and speed.
 
     fc-edge bench accuracy --json [--scenario FILE ...] [--time-tolerance-s S]
+    fc-edge bench accuracy --json --set shipped|tuning|evaluation [--family F ...]
+                           [--seeds 1-3] [--model independent|bursty] [--runner R ...] [--jobs N]
     fc-edge bench engine --json [--tags 10000,100000,1000000] [--reads 300000] [--runs 5]
                                 [--loop default|python]
 
 `accuracy` renders each scenario (default: every shipped one with readers), derives the
-gateway config it describes (write_gateway_config -> gateway.config.load), feeds the reads in
-reader-time order in 50 ms batches with tick() every 250 ms of the same clock, runs on until the
-scenario's duration plus the longest departed_after_s plus 5 s, and scores the movements against
+gateway config it describes (write_gateway_config -> gateway.config.load), and delivers the
+reads the way the gateway receives them (deliver): on the arrival clock, in 50 ms windows, one
+batch per reader, each read's stamp put on the gateway clock by the engine's reader clock
+correction, progress() after each batch and at every KEEPALIVE, source_down() when an outage
+starts, tick() every 250 ms of the same clock. It runs on until the scenario's duration plus
+the longest departed_after_s plus 5 s (or the last delivery), and scores the movements against
 the truth: the engine and two baselines (last-antenna-wins, EdgeX's published rule) on the same
-reads and config.
+reads and config. Without transport settings every read arrives at its own stamp.
+
+`--set` runs a set and reports per scenario, per family and aggregate figures: `shipped` (every
+shipped scenario file), `tuning` (every family of simulators/families.py with both noise models
+on the tuning seeds) or `evaluation` (the same on the FROZEN evaluation seeds: run it only to
+report a finished change, never while tuning; the seed sets are defined in
+simulators/families.py).
 
 `engine` measures reads/s through feed() on one core with N tracked tags (median of the runs),
 the bytes per tracked tag by tracemalloc, and the floor measured in the same run: a bare loop
@@ -23,6 +34,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import importlib
+import inspect
 import json
 import random
 import statistics
@@ -30,7 +43,8 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +56,7 @@ from gateway.model import Movement, TagRead, iso_ms
 EPOCH_US = 1_764_000_000_000_000  # scenario t=0 on the reader clock (late 2025)
 BATCH_US = 50_000
 TICK_US = 250_000
+KEEPALIVE_US = 5_000_000  # the LLRP driver's default keepalive_s
 
 
 class _Runner(Protocol):
@@ -74,6 +89,8 @@ def scenario_config(scenario: Any) -> EngineConfig:
 
 
 def scenario_reads(rendering: Any) -> list[TagRead]:
+    """Every reader's reads in one list in reader-time order, stamped as the readers report
+    them (the golden tests replay this)."""
     from simulators.scenario import merged_reads
 
     return [
@@ -82,25 +99,144 @@ def scenario_reads(rendering: Any) -> list[TagRead]:
     ]
 
 
+Delivered = tuple[int, TagRead]  # (arrival_us on the gateway clock, the read)
+
+
+class _Clocks(Protocol):
+    def correct(self, reader: str, stamp_us: int, arrival_us: int) -> int: ...
+
+
+class _PerReaderClocks:
+    """ReaderClocks made of one ReaderClock per reader (correct(stamp_us, arrival_us))."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self.clocks: dict[str, Any] = {}
+
+    def correct(self, reader: str, stamp_us: int, arrival_us: int) -> int:
+        clock = self.clocks.get(reader)
+        if clock is None:
+            clock = self.clocks[reader] = self.make()
+        corrected: int = clock.correct(stamp_us, arrival_us)
+        return corrected
+
+
+def reader_clocks() -> tuple[_Clocks | None, str]:
+    """The gateway's per-reader clock correction, and its name for the report: the engine's
+    `gateway.engine.clock.ReaderClocks` (correct(reader, stamp_us, arrival_us) -> gateway
+    time), else one `ReaderClock` per reader, else none (stamps are taken as they are)."""
+    try:
+        module = importlib.import_module("gateway.engine.clock")
+    except ImportError:
+        return None, "none"
+    clocks = getattr(module, "ReaderClocks", None)
+    if clocks is not None:
+        return clocks(), "gateway.engine.clock.ReaderClocks"
+    per_reader = getattr(module, "ReaderClock", None)
+    if per_reader is not None:
+        return _PerReaderClocks(per_reader), "gateway.engine.clock.ReaderClock (one per reader)"
+    return None, "none"
+
+
+def delivered_reads(rendering: Any, clocks: _Clocks | None = None) -> dict[str, list[Delivered]]:
+    """reader -> its reads as the gateway receives them, in arrival order: (arrival_us, read),
+    the read's time put on the gateway clock by `clocks` (None: the reader's stamp as it is).
+    Without transport settings every arrival is the read's own stamp."""
+    out: dict[str, list[Delivered]] = {}
+    for reader, deliveries in rendering.deliveries.items():
+        batch: list[Delivered] = []
+        for arrival_s, stamp_s, antenna, epc, rssi in deliveries:
+            arrival = EPOCH_US + round(arrival_s * 1e6)
+            stamp = EPOCH_US + round(stamp_s * 1e6)
+            if clocks is not None:
+                stamp = clocks.correct(reader, stamp, arrival)
+            batch.append((arrival, TagRead(epc, reader, antenna, float(rssi), stamp)))
+        out[reader] = batch
+    return out
+
+
+def outages_of(scenario: Any) -> list[tuple[int, int, str]]:
+    """(start, end, reader) of every outage on the gateway clock, in start order."""
+    spans = [
+        (EPOCH_US + round(o.at_s * 1e6), EPOCH_US + round(o.end_s * 1e6), reader)
+        for reader, transport in scenario.transport.items()
+        for o in transport.outages
+    ]
+    return sorted(spans)
+
+
+def _hook(runner: Any, name: str) -> Callable[..., Any] | None:
+    hook: Callable[..., Any] | None = getattr(runner, name, None)
+    return hook
+
+
+def _source_down(runner: Any, reader: str, time_us: int) -> None:
+    down = _hook(runner, "source_down")
+    if down is None:
+        return
+    try:
+        takes_time = len(inspect.signature(down).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_time = True
+    if takes_time:
+        down(reader, time_us)
+    else:  # an engine whose source_down takes the reader only
+        down(reader)
+
+
 def replay(runner: _Runner, reads: Sequence[TagRead], end_us: int) -> list[dict[str, Any]]:
-    """Feed reads in BATCH_US batches of reader time, tick every TICK_US; each movement is
-    stamped `received_at` = the clock when the engine produced it (for latency)."""
+    """Reads in reader-time order delivered as they are stamped (no transport): see deliver."""
+    per_reader: dict[str, list[Delivered]] = {}
+    for read in reads:
+        per_reader.setdefault(read.reader, []).append((read.time_us, read))
+    return deliver(runner, per_reader, end_us)
+
+
+def deliver(
+    runner: _Runner,
+    deliveries: Mapping[str, Sequence[Delivered]],
+    end_us: int,
+    outages: Sequence[tuple[int, int, str]] = (),
+) -> list[dict[str, Any]]:
+    """Deliver reads the way the gateway receives them, on the arrival clock, in BATCH_US
+    windows: one batch per reader (in the scenario's reader order) with the reads that arrived
+    in the window, then `progress(reader, its last arrival)`; every KEEPALIVE_US a
+    KEEPALIVE, `progress(reader, now)`, from every reader whose link is up (as the LLRP
+    driver reports them); `source_down(reader, t)` in the window an outage starts; tick(now)
+    every TICK_US of the same clock. Runners without progress / source_down go without. Each
+    movement is stamped `received_at` = the clock when the runner produced it (latency)."""
     got: list[dict[str, Any]] = []
 
     def take(step: Step, now: int) -> None:
         for m in step.movements:
             got.append(_movement_json(m, now))
 
-    k = 0
+    progress = _hook(runner, "progress")
+    cursor = dict.fromkeys(deliveries, 0)
+    down = 0
     now = EPOCH_US
     next_tick = EPOCH_US + TICK_US
+    next_keepalive = EPOCH_US + KEEPALIVE_US
     while now < end_us:
         now += BATCH_US
-        start = k
-        while k < len(reads) and reads[k].time_us < now:
-            k += 1
-        if k > start:
-            take(runner.feed(reads[start:k]), now)
+        for reader, items in deliveries.items():
+            k = start = cursor[reader]
+            while k < len(items) and items[k][0] < now:
+                k += 1
+            if k > start:
+                cursor[reader] = k
+                take(runner.feed([read for _, read in items[start:k]]), now)
+                if progress is not None:
+                    progress(reader, items[k - 1][0])
+        while down < len(outages) and outages[down][0] < now:
+            _source_down(runner, outages[down][2], outages[down][0])
+            down += 1
+        if now >= next_keepalive:
+            next_keepalive += KEEPALIVE_US
+            if progress is not None:
+                for reader in deliveries:
+                    if not any(a <= now < b for a, b, r in outages if r == reader):
+                        progress(reader, now)
         if now >= next_tick:
             take(runner.tick(now), now)
             next_tick += TICK_US
@@ -140,12 +276,32 @@ def accuracy_of(
     tolerance_s: float | None = None,
     runners: Sequence[str] = ("engine", "last_antenna_wins", "edgex"),
 ) -> dict[str, Any]:
-    """Score the engine and both baselines on one scenario, with the chosen tolerance (None:
-    chosen_tolerance_s) and, for the engine, with the strict 2 s one too."""
-    from gateway.score import score
-    from simulators.scenario import load_scenario, render, truth_lines
+    """Score the engine and both baselines on one scenario file, with the chosen tolerance
+    (None: chosen_tolerance_s) and, for the engine, with the strict 2 s one too."""
+    from simulators.scenario import load_scenario
 
-    scenario = load_scenario(path)
+    return accuracy_of_scenario(load_scenario(path), Path(path).name, tolerance_s, runners)
+
+
+RUNNERS: dict[str, Callable[[EngineConfig], _Runner]] = {
+    "engine": Engine,
+    "last_antenna_wins": LastAntennaWins,
+    "edgex": EdgeXRule,
+}
+
+
+def accuracy_of_scenario(
+    scenario: Any,
+    name: str,
+    tolerance_s: float | None = None,
+    runners: Sequence[str] = ("engine", "last_antenna_wins", "edgex"),
+) -> dict[str, Any]:
+    """accuracy_of for a loaded scenario. The reads reach every runner as the gateway receives
+    them (deliver: per reader, by arrival time, through the clock correction, with
+    progress / source_down), the same corrected reads for each."""
+    from gateway.score import score
+    from simulators.scenario import render, truth_lines
+
     if tolerance_s is None:
         tolerance_s = chosen_tolerance_s(scenario)
     config = scenario_config(scenario)
@@ -156,40 +312,52 @@ def accuracy_of(
     # The radio keeps reading the final state after the timeline ends, as a real site would:
     # a run that stopped reading at `duration` would see every tag vanish.
     rendering = render(scenario, until_s=end_s)
-    reads = scenario_reads(rendering)
+    clocks, _ = reader_clocks()
+    deliveries = delivered_reads(rendering, clocks)
     end_us = EPOCH_US + round(end_s * 1e6)
+    if scenario.transport:  # a backlog delivered after the end is still delivered
+        last = max((d[-1][0] for d in deliveries.values() if d), default=EPOCH_US)
+        end_us = max(end_us, last + BATCH_US)
+    outages = outages_of(scenario)
     truth = truth_lines(rendering, EPOCH_US)
     parked = _parked_epcs(scenario)
     out: dict[str, Any] = {
-        "scenario": Path(path).name,
-        "reads": len(reads),
+        "scenario": name,
+        "reads": sum(len(d) for d in deliveries.values()),
         "truth": len(truth),
         "time_tolerance_s": tolerance_s,
     }
-    makers: dict[str, Callable[[EngineConfig], _Runner]] = {
-        "engine": Engine,
-        "last_antenna_wins": LastAntennaWins,
-        "edgex": EdgeXRule,
-    }
-    for name in runners:
-        runner = makers[name](config)
-        got = replay(runner, reads, end_us)
+    if scenario.transport:
+        out["transport"] = {
+            reader: {
+                "clock_offset_s": t.clock_offset_s,
+                "delivery_delay_s": t.delivery_delay_s,
+                "outages": len(t.outages),
+            }
+            for reader, t in scenario.transport.items()
+        }
+    if scenario.radio.model != "independent":
+        out["radio_model"] = scenario.radio.model
+    for runner_name in runners:
+        runner = RUNNERS[runner_name](config)
+        got = deliver(runner, deliveries, end_us, outages)
         result = score(truth, got, tolerance_s)
-        entry = {k: result[k] for k in ("precision", "recall", "f1", "got", "matched", "latency_s")}
-        if name == "engine":
+        keys = ("precision", "recall", "f1", "got", "matched", "latency_s")
+        entry = {k: result[k] for k in keys}
+        if runner_name == "engine":
             strict = score(truth, got, STRICT_TOLERANCE_S)
-            entry["strict_2s"] = {k: strict[k] for k in ("precision", "recall", "f1")}
+            entry["strict_2s"] = {k: strict[k] for k in ("precision", "recall", "f1", "matched")}
         per_parked: dict[str, int] = {}
         for g in got:
             if g["epc"] in parked:
                 per_parked[g["epc"]] = per_parked.get(g["epc"], 0) + 1
         entry["parked_false_moves"] = sum(n - 1 for n in per_parked.values())
-        if name == "engine":
+        if runner_name == "engine":
             assert isinstance(runner, Engine)
             entry["suppressed"] = {k: v for k, v in runner.suppressed.items() if v}
             entry["unmatched_truth"] = result["unmatched_truth"][:20]
             entry["unmatched_got"] = result["unmatched_got"][:20]
-        out[name] = entry
+        out[runner_name] = entry
     return out
 
 
@@ -257,6 +425,161 @@ def shipped_scenarios() -> list[Path]:
         if isinstance(raw, dict) and "readers" in raw and "radio" in raw:
             paths.append(path)  # RFID portal scenarios (handheld sessions have their own bench)
     return paths
+
+
+# --- families and the seed split -----------------------------------------------------------------
+# The seed sets themselves are defined once, in simulators/families.py (SEED_SETS): tuning seeds
+# to work with, and a FROZEN evaluation set that must not be looked at while changing rules.
+
+SETS = ("shipped", "tuning", "evaluation")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One scenario of a set: its family ("dense-floor", "dense-floor+bursty", ...) and name,
+    and either a file or a generated scenario dict."""
+
+    family: str
+    name: str
+    path: Path | None = None
+    raw: dict[str, Any] | None = None
+
+
+def family_scenarios() -> list[Path]:
+    """The shipped instance of every scenario family (simulators/scenarios/families/)."""
+    from simulators.families import FAMILIES_DIR
+
+    return sorted(FAMILIES_DIR.glob("*.json"))
+
+
+def set_instances(
+    name: str,
+    families: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    models: Sequence[str] | None = None,
+) -> list[Instance]:
+    """The scenarios of a set. `shipped`: every shipped scenario file, each its own family
+    (top-level ones and the families' shipped instances). `tuning` / `evaluation`: every family
+    (or `families`) with both noise models (or `models`) on the set's seeds (`seeds` narrows
+    the tuning set only: the evaluation set is run whole or not at all)."""
+    from simulators import families as fam
+
+    if name == "shipped":
+        out = []
+        for path in [*shipped_scenarios(), *family_scenarios()]:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            bursty = raw.get("radio", {}).get("model") == "bursty"
+            family = path.stem + ("+bursty" if bursty else "")
+            if families is None or path.stem in families:
+                out.append(Instance(family, path.name, path=path))
+        return out
+    if name not in fam.SEED_SETS:
+        raise ValueError(f"unknown set {name!r} (known: {', '.join(SETS)})")
+    chosen = fam.SEED_SETS[name]
+    if seeds is not None:
+        if name != "tuning":
+            raise ValueError("only the tuning set may be narrowed to some seeds")
+        unknown = sorted(set(seeds) - set(chosen))
+        if unknown:
+            raise ValueError(f"seeds {unknown} are not tuning seeds ({chosen[0]}-{chosen[-1]})")
+        chosen = tuple(seeds)
+    out = []
+    for family in families or fam.FAMILIES:
+        if family not in fam.FAMILIES:
+            raise ValueError(f"unknown family {family!r} (known: {', '.join(fam.FAMILIES)})")
+        for model in models or fam.MODELS:
+            key = family + ("+bursty" if model == "bursty" else "")
+            for seed in chosen:
+                raw = fam.variant(family, seed, model, harsh_variant, shipped_scenarios())
+                out.append(Instance(key, fam.instance_name(family, seed, model), raw=raw))
+    return out
+
+
+def run_instance(
+    instance: Instance, tolerance_s: float | None, runners: Sequence[str]
+) -> dict[str, Any]:
+    from simulators.scenario import load_scenario, scenario_from_dict
+
+    if instance.path is not None:
+        scenario = load_scenario(instance.path)
+    else:
+        scenario = scenario_from_dict(instance.raw, instance.name, instance.name)
+    result = accuracy_of_scenario(scenario, instance.name, tolerance_s, runners)
+    result["family"] = instance.family
+    return result
+
+
+def _run(args: tuple[Instance, float | None, Sequence[str]]) -> dict[str, Any]:
+    return run_instance(*args)
+
+
+def run_set(
+    instances: Sequence[Instance],
+    tolerance_s: float | None = None,
+    runners: Sequence[str] = ("engine", "last_antenna_wins", "edgex"),
+    jobs: int = 1,
+) -> list[dict[str, Any]]:
+    """accuracy_of every instance (in `jobs` processes), in order."""
+    work = [(inst, tolerance_s, runners) for inst in instances]
+    if jobs <= 1 or len(work) <= 1:
+        return [_run(w) for w in work]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_run, work))
+
+
+def _figures(results: Sequence[Mapping[str, Any]], runner: str) -> dict[str, Any]:
+    """Micro-averaged P / R / F1 (pooled matches), the mean and worst F1 of the scenarios, and
+    the parked tags' false moves, of one runner over some scenarios."""
+    entries = [r[runner] for r in results if runner in r]
+    truth = sum(r["truth"] for r in results if runner in r)
+    got = sum(e["got"] for e in entries)
+    matched = sum(e["matched"] for e in entries)
+    out = _prf(matched, got, truth)
+    f1s = [e["f1"] for e in entries]
+    out |= {
+        "f1_mean": round(statistics.fmean(f1s), 4) if f1s else None,
+        "f1_min": round(min(f1s), 4) if f1s else None,
+        "parked_false_moves": sum(e["parked_false_moves"] for e in entries),
+    }
+    if entries and all("strict_2s" in e for e in entries):
+        strict = sum(e["strict_2s"]["matched"] for e in entries)
+        out["strict_2s"] = _prf(strict, got, truth)
+    return out
+
+
+def _prf(matched: int, got: int, truth: int) -> dict[str, Any]:
+    precision = matched / got if got else 1.0
+    recall = matched / truth if truth else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": round(precision, 6),
+        "recall": round(recall, 6),
+        "f1": round(f1, 6),
+        "truth": truth,
+        "got": got,
+        "matched": matched,
+    }
+
+
+def summarize(results: Sequence[Mapping[str, Any]], runners: Sequence[str]) -> dict[str, Any]:
+    """Per family and over everything: each runner's figures (see _figures); the aggregate also
+    has each runner's mean of the families' F1 (every family weighs the same)."""
+    by_family: dict[str, list[Mapping[str, Any]]] = {}
+    for r in results:
+        by_family.setdefault(r.get("family", r["scenario"]), []).append(r)
+    families: dict[str, dict[str, Any]] = {
+        name: {"scenarios": len(rs)} | {runner: _figures(rs, runner) for runner in runners}
+        for name, rs in by_family.items()
+    }
+    aggregate: dict[str, Any] = {"scenarios": len(results), "families": len(families)}
+    for runner in runners:
+        figures = _figures(results, runner)
+        f1s = [f[runner]["f1"] for f in families.values()]
+        figures["family_f1_mean"] = round(statistics.fmean(f1s), 4) if f1s else None
+        aggregate[runner] = figures
+    return {"families": families, "aggregate": aggregate}
 
 
 # --- speed ------------------------------------------------------------------------------------
@@ -408,6 +731,49 @@ def bytes_per_tag(n_tags: int, engine_class: type[Engine] = Engine) -> dict[str,
 # --- command line -----------------------------------------------------------------------------
 
 
+def _seed_list(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds.extend(range(int(lo), int(hi or lo) + 1))
+    return seeds
+
+
+def accuracy_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    runners: Sequence[str] = args.runner or tuple(RUNNERS)
+    _, correction = reader_clocks()
+    hooks = {name: hasattr(Engine, name) for name in ("progress", "source_down")}
+    report: dict[str, Any] = {"bench": "accuracy", "clock_correction": correction}
+    report["engine_hooks"] = hooks
+    if args.set is None:
+        if args.family or args.seeds or args.model:
+            parser.error("--family, --seeds and --model go with --set")
+        paths: Iterable[str | Path] = args.scenario or shipped_scenarios()
+        results = [accuracy_of(p, args.time_tolerance_s, runners) for p in paths]
+        report["scenarios"] = results
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.scenario:
+        parser.error("--scenario and --set exclude each other")
+    try:
+        seeds = _seed_list(args.seeds) if args.seeds else None
+        instances = set_instances(
+            args.set, args.family, seeds, [args.model] if args.model else None
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    results = run_set(instances, args.time_tolerance_s, runners, args.jobs)
+    report["set"] = args.set
+    if args.set != "shipped":
+        from simulators.families import SEED_SETS
+
+        report["seeds"] = seeds or list(SEED_SETS[args.set])
+    report |= summarize(results, runners)
+    report["scenarios"] = results
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fc-edge bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -420,6 +786,25 @@ def main(argv: list[str] | None = None) -> int:
         help="default: the scenario's longest step (at least 2 s); the strict 2 s figure is "
         "always reported too",
     )
+    acc.add_argument(
+        "--set",
+        choices=SETS,
+        help="run a set: shipped (every shipped scenario file), tuning (the families on the "
+        "tuning seeds, both noise models), evaluation (the FROZEN seeds: only to report a "
+        "finished change, never while tuning); reports per family and aggregate figures",
+    )
+    acc.add_argument("--family", action="append", help="only this family (repeatable; with --set)")
+    acc.add_argument("--seeds", help="only these tuning seeds, e.g. 1-3 or 1,4 (with --set tuning)")
+    acc.add_argument(
+        "--model", choices=["independent", "bursty"], help="only this noise model (with --set)"
+    )
+    acc.add_argument(
+        "--runner",
+        action="append",
+        choices=list(RUNNERS),
+        help="only this runner (repeatable; default: the engine and both baselines)",
+    )
+    acc.add_argument("--jobs", type=int, default=1, help="processes for --set (default 1)")
     acc.add_argument("--json", action="store_true", help="print JSON (the default)")
     eng = sub.add_parser("engine", help="reads/s and bytes per tag")
     eng.add_argument("--tags", default="10000,100000,1000000")
@@ -441,10 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     eng.add_argument("--json", action="store_true", help="print JSON (the default)")
     args = parser.parse_args(argv)
     if args.what == "accuracy":
-        paths: Iterable[str | Path] = args.scenario or shipped_scenarios()
-        results = [accuracy_of(p, args.time_tolerance_s) for p in paths]
-        print(json.dumps({"bench": "accuracy", "scenarios": results}, indent=2))
-        return 0
+        return accuracy_main(args, parser)
     sizes = [int(x) for x in args.tags.split(",") if x]
     from gateway.bench import _loadavg, machine
 

@@ -82,6 +82,12 @@ class Baseline:
     def decide(self, tag: _Tag, loc: Loc, rssi: float, t: int) -> Loc | None:
         raise NotImplementedError
 
+    def progress(self, source: str, time_us: int) -> None:
+        """A reader is alive up to `time_us`: the baselines keep no event time (no-op)."""
+
+    def source_down(self, source: str, time_us: int | None = None) -> None:
+        """A reader's connection was lost: the baselines do not hold departures (no-op)."""
+
     def flush(self) -> Step:
         return Step()
 

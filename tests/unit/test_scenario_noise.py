@@ -9,10 +9,14 @@ import copy
 import json
 import statistics
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway import bench_engine as be
+from gateway.model import TagRead
+from simulators import families as fam
 from simulators import scenario as sc
 
 
@@ -319,3 +323,159 @@ def test_observed_events_without_blind_spans_are_the_plans() -> None:
             walker.finish()
             by_group += sc._observed_events(s, group, walker.moves, {})
         assert sorted(by_group, key=lambda e: (e.group, e.t_s)) == walker_events, path.name
+
+
+# --- the bench: delivery as the gateway receives it ---------------------------------------------
+
+
+class Recorder:
+    """A runner that records what it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def feed(self, reads: Any) -> Any:
+        self.calls.append(("feed", reads[0].reader, [r.time_us for r in reads]))
+        return be.Step()
+
+    def tick(self, now_us: int) -> Any:
+        return be.Step()
+
+    def progress(self, source: str, time_us: int) -> None:
+        self.calls.append(("progress", source, time_us))
+
+    def source_down(self, source: str, time_us: int) -> None:
+        self.calls.append(("down", source, time_us))
+
+
+def us(s: float) -> int:
+    return be.EPOCH_US + round(s * 1e6)
+
+
+def test_deliver_batches_per_reader_by_arrival_with_progress_and_source_down() -> None:
+    def read(reader: str, stamp_s: float) -> be.Delivered:
+        return (0, TagRead("E" * 24, reader, 1, -50.0, us(stamp_s)))
+
+    deliveries = {
+        "a": [(us(0.01), read("a", 0.01)[1]), (us(0.07), read("a", 0.06)[1])],
+        "b": [(us(0.02), read("b", -1.0)[1]), (us(0.2), read("b", 0.1)[1])],
+    }
+    runner = Recorder()
+    be.deliver(runner, deliveries, us(0.3), outages=[(us(0.12), us(0.15), "a")])
+    assert runner.calls == [
+        ("feed", "a", [us(0.01)]),
+        ("progress", "a", us(0.01)),
+        ("feed", "b", [us(-1.0)]),  # by arrival, whatever the stamp says
+        ("progress", "b", us(0.02)),
+        ("feed", "a", [us(0.06)]),
+        ("progress", "a", us(0.07)),
+        ("down", "a", us(0.12)),
+        ("feed", "b", [us(0.1)]),
+        ("progress", "b", us(0.2)),
+    ]
+
+
+def test_the_bench_puts_reader_stamps_on_the_gateway_clock() -> None:
+    raw = with_transport(clock_offset_s=2.0)
+    r = sc.render(load(raw), until_s=5)
+    raw_stamps = be.delivered_reads(r, None)["stg"]
+    assert all(read.time_us - arrival == 2_000_000 for arrival, read in raw_stamps)
+    clocks, name = be.reader_clocks()
+    if clocks is None:
+        pytest.skip("no reader clock correction in this tree")
+    corrected = be.delivered_reads(r, clocks)["stg"]
+    assert all(abs(read.time_us - arrival) < 1000 for arrival, read in corrected), name
+
+
+def test_baselines_take_progress_and_source_down() -> None:
+    config = be.scenario_config(load(site()))
+    for runner in (be.LastAntennaWins(config), be.EdgeXRule(config)):
+        runner.progress("stg", us(1))
+        runner.source_down("stg", us(1))
+
+
+# --- families and the seed split ----------------------------------------------------------------
+
+
+def test_the_seed_sets_are_disjoint_and_the_evaluation_set_cannot_be_narrowed() -> None:
+    assert not set(fam.TUNING_SEEDS) & set(fam.EVALUATION_SEEDS)
+    assert len(fam.TUNING_SEEDS) == len(fam.EVALUATION_SEEDS) == 10
+    with pytest.raises(ValueError, match="only the tuning set"):
+        be.set_instances("evaluation", ["backlog"], seeds=[1001])
+    with pytest.raises(ValueError, match="not tuning seeds"):
+        be.set_instances("tuning", ["backlog"], seeds=[1001])
+
+
+def test_every_family_makes_valid_scenarios_with_both_models() -> None:
+    shipped = be.shipped_scenarios()
+    for family in fam.FAMILIES:
+        for model in fam.MODELS:
+            raw = fam.variant(family, 3, model, be.harsh_variant, shipped)
+            assert raw == fam.variant(family, 3, model, be.harsh_variant, shipped)
+            s = sc.scenario_from_dict(copy.deepcopy(raw), family)
+            assert s.radio.model == model
+            assert sc.truth(s)
+        plain = fam.variant(family, 3, "independent", be.harsh_variant, shipped)
+        noisy = fam.variant(family, 3, "bursty", be.harsh_variant, shipped)
+        assert plain["timeline"] == noisy["timeline"]  # only the noise differs
+
+
+def test_families_match_the_findings() -> None:
+    conveyor = load(fam.shipped_instance("fast-conveyor"))
+    assert conveyor.radio.round_ms == 50 and conveyor.radio.read_rate == 0.9
+    assert (conveyor.radio.cross_read_rate, conveyor.radio.cross_read_drop_db) == (0.1, 9.0)
+    floor = load(fam.shipped_instance("dense-floor"))
+    assert len(floor.readers["floor"]) == 4 and floor.radio.round_ms == 200
+    assert (floor.radio.read_rate, floor.radio.rssi_sigma) == (0.6, 5.0)
+    assert (floor.radio.cross_read_rate, floor.radio.cross_read_drop_db) == (0.25, 7.0)
+    pick = load(fam.shipped_instance("pick-pack"))
+    assert pick.transport["pick"].clock_offset_s == 2.0
+    assert pick.transport["pack"].delivery_delay_s == 1.2
+    assert len([g for g in pick.groups if g.startswith("tote-")]) == 96
+    backlog = load(fam.shipped_instance("backlog"))
+    per_reader = Counter(g.rsplit("-", 1)[0] for g in backlog.groups)
+    assert {r: n * 25 for r, n in per_reader.items()} == {"tun-a": 1200, "tun-b": 1200}
+    for t in backlog.transport.values():
+        assert [o.at_s for o in t.outages] == [6.0, 16.0] and all(o.buffer for o in t.outages)
+    assert load(fam.shipped_instance("dock-door")).radio.model == "bursty"
+
+
+def test_the_shipped_family_files_are_the_generators_output() -> None:
+    """Regenerate with `python -m simulators.families --write` after changing a generator."""
+    for family in fam.GENERATORS:
+        path = fam.FAMILIES_DIR / f"{family}.json"
+        assert path.read_text(encoding="utf-8") == fam.dump(fam.shipped_instance(family))
+        assert json.loads(path.read_text(encoding="utf-8"))["$schema"] == (
+            "../../scenario.schema.json"
+        )
+
+
+def test_the_accuracy_bench_runs_a_tuning_family_end_to_end(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["accuracy", "--json", "--set", "tuning", "--family", "pick-pack", "--seeds", "1"]
+    assert be.main([*argv, "--runner", "engine", "--runner", "last_antenna_wins"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["set"] == "tuning" and doc["seeds"] == [1]
+    assert set(doc["families"]) == {"pick-pack", "pick-pack+bursty"}
+    assert [s["scenario"] for s in doc["scenarios"]] == ["pick-pack#1", "pick-pack+bursty#1"]
+    for scenario in doc["scenarios"]:
+        assert scenario["truth"] == 96 * 4 and scenario["transport"]
+        engine = scenario["engine"]
+        assert {"precision", "recall", "f1", "parked_false_moves", "strict_2s"} <= set(engine)
+        assert 0 < engine["f1"] <= 1
+    family = doc["families"]["pick-pack"]["engine"]
+    assert family["truth"] == 384
+    assert family["f1"] == pytest.approx(doc["scenarios"][0]["engine"]["f1"], abs=1e-6)
+    total = doc["aggregate"]["engine"]
+    assert total["truth"] == 768 and doc["aggregate"]["scenarios"] == 2
+    assert total["matched"] == sum(s["engine"]["matched"] for s in doc["scenarios"])
+    assert "clock_correction" in doc and "engine_hooks" in doc
+
+
+def test_the_shipped_set_lists_every_shipped_scenario_file() -> None:
+    instances = be.set_instances("shipped")
+    names = {i.name for i in instances}
+    assert {"conveyor.json", "backlog.json", "dock-door.json"} <= names
+    assert {i.family for i in instances if i.name == "dock-door.json"} == {"dock-door+bursty"}
+    assert all(i.path is not None and Path(i.path).exists() for i in instances)
