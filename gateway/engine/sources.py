@@ -37,7 +37,8 @@ class Source:
 
     name: str
     mark: int = NEVER  # newest time it delivered or vouched for
-    disorder: int = 0  # how far behind its own mark it delivered reads lately (µs)
+    newest_read: int = NEVER  # newest time it delivered
+    disorder: int = 0  # how far behind its own newest read it delivered reads lately (µs)
     gap: float = 0.0  # its usual advance of the mark (µs, EWMA)
     down: bool = False  # its driver reported the connection lost
     held_since: int | None = None  # gateway time since when it holds absence judgments
@@ -75,10 +76,14 @@ class Sources:
         """A batch from `name` with reads from `oldest` to `newest` came."""
         src = self.get(name)
         src.down = False
-        behind = src.mark - oldest
+        # Measured against its reads only: a KEEPALIVE may overtake reads the reader still
+        # holds for its next report, and that is not disorder of the reads themselves.
+        behind = src.newest_read - oldest
         src.disorder = int(src.disorder * _DISORDER_DECAY)
         if 0 < behind <= self.idle_us and behind > src.disorder:
             src.disorder = behind  # within a reader's own jitter; more is a backlog
+        if newest > src.newest_read:
+            src.newest_read = newest
         src.advance(newest)
         return src
 
