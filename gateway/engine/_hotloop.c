@@ -237,7 +237,7 @@ static inline void read_here(Arrays *a, Py_ssize_t i, const LocNumbers *here, lo
         if (g > here->iv_cap)
             g = here->iv_cap;
         double v = a->iv[i];
-        a->iv[i] = (float)(v + IV_WEIGHT * (g - v));
+        a->iv[i] = (float)(v == 0.0 ? g : v + IV_WEIGHT * (g - v));
         a->t_cur[i] = t;
     }
 }
@@ -248,10 +248,20 @@ static inline void check_lead(Arrays *a, Py_ssize_t i, const LocNumbers *here, d
                               long long t)
 {
     long long since_int = t - a->t_cur[i];
-    double extra = ROUNDS * (double)a->iv[i] - (double)here->holdoff;
+    double v = a->iv[i];
+    double extra = ROUNDS * v - (double)here->holdoff;
     double off = here->threshold;
     if (extra > 0.0 && (double)a->n_cand[i] < ROUNDS) {
         double since = (double)since_int - extra;
+        if (since > (double)here->holdoff) {
+            off = here->threshold - here->decay * (since - (double)here->holdoff);
+            if (off <= here->floor)
+                off = here->floor;
+        }
+    }
+    else if (extra <= 0.0 && v > 0.0) {
+        /* read in quick rounds here: silence weighs more (Engine._silence) */
+        double since = (double)since_int * ((double)here->holdoff / (ROUNDS * v));
         if (since > (double)here->holdoff) {
             off = here->threshold - here->decay * (since - (double)here->holdoff);
             if (off <= here->floor)

@@ -8,7 +8,8 @@ reader too: AdjustLastReadOnByOrigin).
 
 The estimate is NTP's minimum filter: `arrival - stamp` is the offset plus a delay that is
 never negative, so its minimum over recent reads is the offset plus the link's least delay.
-A read delayed more (a backlog, a congested link) keeps its own time: it happened then. The
+A read delayed more (a backlog, a congested link) keeps its own time: it happened then. One
+way cannot tell a clock that lags from a slow link: see shift() for what is corrected. The
 minimum ages upwards slowly (MAX_DRIFT: a clock drifting the other way) and is reset when
 every read of a whole WINDOW_US says alike that it is wrong (a clock stepped backwards, or a
 link that got permanently slower; a backlog draining does not say it alike).
@@ -46,19 +47,29 @@ class ReaderClock:
         est = self._aged(arrival_us)
         if est is None:
             self._set(delay, arrival_us)
-            return arrival_us
+            return stamp_us + self.shift(delay)
         if delay >= est:
             if delay - est > self.max_step_us:
                 self._disagrees(delay, arrival_us)  # far later than ever: a step back?
             else:
                 self._window_start = None
-            return stamp_us + est
+            return stamp_us + self.shift(est)
         if est - delay <= self.max_step_us:
             self._set(delay, arrival_us)  # a little less delay than seen so far
-            return arrival_us
+            return stamp_us + self.shift(delay)
         self.impossible += 1  # later than it could be: not a time to trust
         self._disagrees(delay, arrival_us)
         return arrival_us
+
+    def shift(self, offset_us: int) -> int:
+        """What a stamp is moved by, for an estimated offset. A negative offset is certainly
+        the clock (a read cannot arrive before it happened): all of it is corrected. A small
+        positive one cannot be told from a slow link or a reader that holds its reports, and
+        a reader's clock is usually NTP-synchronised: trusted. Beyond max_step_us it is the
+        clock again (no link holds reports that long)."""
+        if offset_us < 0 or offset_us > self.max_step_us:
+            return offset_us
+        return 0
 
     def _aged(self, now_us: int) -> int | None:
         if self.offset_us is None:

@@ -672,7 +672,7 @@ class Engine:
                     if g > iv_cap[lid]:
                         g = iv_cap[lid]
                     v = iv[i]
-                    iv[i] = v + iv_weight * (g - v)
+                    iv[i] = g if v == 0.0 else v + iv_weight * (g - v)
                     t_cur[i] = t
             else:
                 tc = t - t_cand[i]
@@ -697,14 +697,18 @@ class Engine:
                         if g > iv_cap[lid]:
                             g = iv_cap[lid]
                         v = iv[i]
-                        iv[i] = v + iv_weight * (g - v)
+                        iv[i] = g if v == 0.0 else v + iv_weight * (g - v)
                         t_cur[i] = t
                 if t_lead[i] != NEVER:
                     # (Engine._silence and Loc.offset, inlined.)
                     since: float = t - t_cur[i]
-                    extra = rounds * iv[i] - holdoff[lid]
-                    if extra > 0.0 and n_cand[i] < rounds:
-                        since -= extra
+                    v = iv[i]
+                    extra = rounds * v - holdoff[lid]
+                    if extra > 0.0:
+                        if n_cand[i] < rounds:
+                            since -= extra
+                    elif v > 0.0:
+                        since *= holdoff[lid] / (rounds * v)
                     if since <= holdoff[lid]:
                         off = threshold[lid]
                     else:
@@ -885,7 +889,7 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        if t - lead < new.confirm_us:
+        if t - lead < self._confirm_us(i, cur, new):
             return
         # The challenger wins. The movement's time is this read's: when the evidence became
         # conclusive (a crossing is complete when the far side alone has read the tag a while).
@@ -907,7 +911,7 @@ class Engine:
         usual interval between its reads there (capped, see _ROUNDS)."""
         gap = min(t - self._t_cur[i], self._iv_cap[lid])
         v = self._iv[i]
-        self._iv[i] = v + _IV_WEIGHT * (gap - v)
+        self._iv[i] = gap if v == 0.0 else v + _IV_WEIGHT * (gap - v)  # the first: as it is
         self._t_cur[i] = t
 
     def _silence(self, i: int, cur: int, t: int) -> float:
@@ -916,8 +920,26 @@ class Engine:
         excused once the challenger has read the tag as many times as the rounds excused: a
         tag read that often elsewhere and not here has moved (a crossing, not a cross-read)."""
         since = t - self._t_cur[i]
-        extra = _ROUNDS * self._iv[i] - self.locs[cur].holdoff_us
-        return since - extra if extra > 0.0 and self._n_cand[i] < _ROUNDS else since
+        v = self._iv[i]
+        holdoff = self.locs[cur].holdoff_us
+        extra = _ROUNDS * v - holdoff
+        if extra > 0.0:
+            return since - extra if self._n_cand[i] < _ROUNDS else since
+        if v > 0.0:
+            # Read in quick rounds here (a conveyor): silence weighs more. _ROUNDS missed
+            # rounds count as the profile's whole holdoff; the tag's own rhythm sets the clock.
+            return since * (holdoff / (_ROUNDS * v))
+        return since
+
+    def _confirm_us(self, i: int, cur: int, new: Loc) -> float:
+        """How long a challenger's lead must hold: the new location's confirm_s, shortened in
+        the same measure as _silence lengthens silence for a tag read in quick rounds where
+        it was (a case on a conveyor dwells too briefly for a shelf's patience)."""
+        v = self._iv[i]
+        holdoff = self.locs[cur].holdoff_us
+        if v > 0.0 and _ROUNDS * v < holdoff:
+            return new.confirm_us * (_ROUNDS * v / holdoff)
+        return new.confirm_us
 
     def _tentative_at(self, i: int, lid: int, s: float, t: int, n: int, since: int) -> None:
         """Take `lid` as the tag's tentative estimate: where it seems to be, not yet announced."""

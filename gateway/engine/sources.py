@@ -69,7 +69,9 @@ class Sources:
     def get(self, name: str) -> Source:
         src = self._by_name.get(name)
         if src is None:
-            src = self._by_name[name] = Source(name)
+            # A new reader's disorder is not known yet: assume the most a reader may have
+            # (idle_us) and learn it down from its batches.
+            src = self._by_name[name] = Source(name, disorder=self.idle_us)
         return src
 
     def delivered(self, name: str, oldest: int, newest: int) -> Source:

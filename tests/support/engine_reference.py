@@ -747,7 +747,7 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        if t - lead < new.confirm_us:
+        if t - lead < self._confirm_us(i, cur, new):
             return
         # The challenger wins. The movement's time is this read's: when the evidence became
         # conclusive (a crossing is complete when the far side alone has read the tag a while).
@@ -769,13 +769,35 @@ class Engine:
         cap = (loc.departed_after_us or _IV_CAP_NEVER_DEPARTS_US) / (2 * _ROUNDS)
         gap = min(t - self._t_cur[i], cap)
         v = self._iv[i]
-        self._iv[i] = v + _IV_WEIGHT * (gap - v)
+        self._iv[i] = gap if v == 0.0 else v + _IV_WEIGHT * (gap - v)  # the first: as it is
         self._t_cur[i] = t
 
     def _silence(self, i: int, cur: int, t: int) -> float:
+        """How long the current location has not read the tag, less what its usual read
+        rounds excuse beyond the profile's holdoff: the time Loc.offset decays by. Nothing is
+        excused once the challenger has read the tag as many times as the rounds excused: a
+        tag read that often elsewhere and not here has moved (a crossing, not a cross-read)."""
         since = t - self._t_cur[i]
-        extra = _ROUNDS * self._iv[i] - self.locs[cur].holdoff_us
-        return since - extra if extra > 0.0 and self._n_cand[i] < _ROUNDS else since
+        v = self._iv[i]
+        holdoff = self.locs[cur].holdoff_us
+        extra = _ROUNDS * v - holdoff
+        if extra > 0.0:
+            return since - extra if self._n_cand[i] < _ROUNDS else since
+        if v > 0.0:
+            # Read in quick rounds here (a conveyor): silence weighs more. _ROUNDS missed
+            # rounds count as the profile's whole holdoff; the tag's own rhythm sets the clock.
+            return since * (holdoff / (_ROUNDS * v))
+        return since
+
+    def _confirm_us(self, i: int, cur: int, new: Loc) -> float:
+        """How long a challenger's lead must hold: the new location's confirm_s, shortened in
+        the same measure as _silence lengthens silence for a tag read in quick rounds where
+        it was (a case on a conveyor dwells too briefly for a shelf's patience)."""
+        v = self._iv[i]
+        holdoff = self.locs[cur].holdoff_us
+        if v > 0.0 and _ROUNDS * v < holdoff:
+            return new.confirm_us * (_ROUNDS * v / holdoff)
+        return new.confirm_us
 
     def _tentative_at(self, i: int, lid: int, s: float, t: int, n: int, since: int) -> None:
         """Take `lid` as the tag's tentative estimate: where it seems to be, not yet announced."""

@@ -243,6 +243,7 @@ def test_lateness_is_per_tag_not_per_reader() -> None:
     # after a reconnect was thrown away.)
     engine = Engine(site())
     engine.feed([TagRead(EPC, "zones", 1, -50, T0 + 10_000_000)])
+    engine.flush()  # judged up to 10 s
     engine.feed([TagRead("AB" * 12, "zones", 1, -50, T0 + 9_400_000)])  # 0.6 s older
     engine.feed([TagRead(EPC, "zones", 1, -50, T0 + 9_700_000)])  # older than its own
     engine.flush()
@@ -522,3 +523,18 @@ def test_a_stationary_tag_refreshes_its_persisted_last_seen() -> None:
         (b.last_seen_us - a.last_seen_us) / 1e6 for a, b in zip(states, states[1:], strict=False)
     ]
     assert len(states) >= 4 and max(gaps) <= 15.5  # half the zone's departed_after_s
+
+
+def test_a_case_on_a_fast_conveyor_moves_before_it_leaves_the_field() -> None:
+    """Silence counted in the tag's own read rounds: zone A read the case every 60 ms (with
+    a cross-read on B now and then); after 1.5 s it is on B, read as strongly every 60 ms for
+    1 s, then leaves. A's holdoff and decay, in seconds, used to outlast B's reads: the
+    case was reported departed from A and never moved."""
+    reads = reads_at("zones", 1, 0, 1.5, every_s=0.06)
+    reads += reads_at("zones", 2, 0.03, 1.5, rssi=-59.0, every_s=0.6)  # cross-reads
+    reads += reads_at("zones", 2, 2.0, 3.0, every_s=0.06)
+    reads += reads_at("zones", 1, 2.03, 3.0, rssi=-59.0, every_s=0.6)  # cross-reads
+    moves = run(Engine(site()), reads, 60)
+    assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "B"), ("departed", "B", None)]
+    assert moves[1].time_us <= T0 + 2_500_000  # decided while B still reads it
+

@@ -133,7 +133,8 @@ def test_skewed_clocks_and_a_slow_link_keep_every_move() -> None:
     for k in range(96):  # dated by reader time on the gateway clock, not by arrival
         move = by_epc[f"AA{k:022X}"]
         truth = T0 + round((0.5 * k + 4.2) * 1e6)
-        assert truth <= move.time_us <= truth + 2_500_000
+        # 2 s of decision on the reader's clock; put on arrival time it would be 3.2 s.
+        assert truth <= move.time_us <= truth + 2_000_000
 
 
 def test_an_idle_reader_holds_nobody_back_and_a_lost_one_holds_departures() -> None:
@@ -143,7 +144,9 @@ def test_an_idle_reader_holds_nobody_back_and_a_lost_one_holds_departures() -> N
     engine.progress("r2", T0)  # r2 is connected and reads nothing: KEEPALIVEs only
     moves = engine.feed(reads, "r1").movements
     assert [(m.type, m.to) for m in moves] == [("arrived", "P")]  # judged at once
-    assert engine.pending_reads == 0
+    # (A new reader's disorder is assumed to be reorder_window_s until its batches show
+    # less: its newest 0.5 s of reads wait.)
+    assert engine.pending_reads <= 5
     # r1 loses its connection: its tag is not judged absent while what it buffered may come.
     engine.source_down("r1")
     last = reads[-1].time_us
