@@ -537,4 +537,3 @@ def test_a_case_on_a_fast_conveyor_moves_before_it_leaves_the_field() -> None:
     moves = run(Engine(site()), reads, 60)
     assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "B"), ("departed", "B", None)]
     assert moves[1].time_us <= T0 + 2_500_000  # decided while B still reads it
-
