@@ -866,7 +866,11 @@ class Engine:
         # tag is read far more often where it is than by a neighbour's leaking antenna.)
         n = self._n_cand[i]
         if is_tentative:
-            losing = s <= s_here or n < self._n_cur[i]
+            # (Fewer reads may still take it when clearly stronger: the profile's threshold
+            # over min_reads reads; cross-reads are a neighbour's weaker echoes.)
+            losing = s <= s_here or (
+                n < self._n_cur[i] and (n < self._min_reads or s - s_here < old.threshold)
+            )
         else:
             losing = s <= s_here + old.offset(self._silence(i, cur, t))
         if losing:
@@ -965,6 +969,12 @@ class Engine:
         if self._cand[i] != NONE:
             if self._t_lead[i] != NEVER or self._s_cand[i] > self._s_cur[i]:
                 return  # another location is stronger right now: not conclusive yet
+            if (
+                t - self._t_cand[i] <= self.locs[self._cand[i]].gap_us
+                and n - self._n_cand[i] < self._min_reads
+                and self._s_cur[i] - self._s_cand[i] < loc.threshold
+            ):
+                return  # a close contest: neither min_reads more reads nor the threshold
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending
         self._tentative[i] = 0
         self._t_since[i] = t

@@ -537,3 +537,21 @@ def test_a_case_on_a_fast_conveyor_moves_before_it_leaves_the_field() -> None:
     moves = run(Engine(site()), reads, 60)
     assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "B"), ("departed", "B", None)]
     assert moves[1].time_us <= T0 + 2_500_000  # decided while B still reads it
+
+
+def test_a_first_sighting_waits_out_a_close_contest() -> None:
+    """A tag on a dense floor is first read by the neighbour zone B about as often and as
+    strongly as by its own zone A (cross-reads only ~7 dB down, sigma 5 dB). B is not confirmed
+    while A is within min_reads reads and the threshold of it; A's strong reads then take the
+    estimate with fewer reads than B (clearly stronger: the threshold over min_reads reads).
+    The old engine announced B, then moved the tag to A."""
+
+    def read(antenna: int, t: float, rssi: float) -> TagRead:
+        return TagRead(EPC, "zones", antenna, rssi, T0 + round(t * 1e6))
+
+    reads = [read(1, 0.05, -62), read(2, 0.15, -59), read(2, 0.34, -62), read(1, 0.55, -64)]
+    reads += [read(1, 0.75, -66), read(2, 0.99, -62), read(1, 1.11, -54), read(1, 1.22, -50)]
+    reads += [read(1, 1.6 + 0.4 * k, -52) for k in range(10)]
+    reads += [read(2, 2.1 + 0.8 * k, -60) for k in range(5)]
+    moves = run(Engine(site()), reads, 8)
+    assert kinds(moves) == [("arrived", None, "A")]
