@@ -880,12 +880,12 @@ class Engine:
                 # restart need not replay them (the challenger rebuilds from newer reads).
                 self._clear_evidence(i)
             return
+        if n < self._min_reads:
+            return  # (one lucky read does not start the lead's clock: min_reads reads do)
         lead = self._t_lead[i]
         if lead == NEVER:
             self._t_lead[i] = lead = t
             self._set_evidence(i, t)
-        if n < self._min_reads:
-            return
         if is_tentative:
             self._drop_current_evidence(i)
             self._cand[i] = NONE

@@ -555,3 +555,15 @@ def test_a_first_sighting_waits_out_a_close_contest() -> None:
     reads += [read(2, 2.1 + 0.8 * k, -60) for k in range(5)]
     moves = run(Engine(site()), reads, 8)
     assert kinds(moves) == [("arrived", None, "A")]
+
+
+def test_one_outlier_read_does_not_start_a_challengers_lead() -> None:
+    """A parked tag at A (read every 0.3 s) gets one outlier read at B, 13 dB above A's level
+    (sigma 5 dB makes one now and then), and B's next cross-read a second later at its usual
+    level. The old engine timed B's lead from the outlier and moved the tag on that second
+    read; a lead now starts when the challenger has min_reads reads."""
+    reads = reads_at("zones", 1, 0, 10, rssi=-62.0, every_s=0.3)
+    reads += [TagRead(EPC, "zones", 2, -49.0, T0 + 6_350_000)]
+    reads += [TagRead(EPC, "zones", 2, -66.0, T0 + 7_370_000)]
+    moves = run(Engine(site()), reads, 12)
+    assert kinds(moves) == [("arrived", None, "A")]
