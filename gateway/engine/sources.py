@@ -39,6 +39,7 @@ class Source:
     mark: int = NEVER  # newest time it delivered or vouched for
     newest_read: int = NEVER  # newest time it delivered
     disorder: int = 0  # how far behind its own newest read it delivered reads lately (µs)
+    latency: int = 0  # how long after a read it delivers it, at most lately (µs, gateway clock)
     gap: float = 0.0  # its usual advance of the mark (µs, EWMA)
     down: bool = False  # its driver reported the connection lost
     held_since: int | None = None  # gateway time since when it holds absence judgments
@@ -74,10 +75,14 @@ class Sources:
             src = self._by_name[name] = Source(name, disorder=self.idle_us)
         return src
 
-    def delivered(self, name: str, oldest: int, newest: int) -> Source:
-        """A batch from `name` with reads from `oldest` to `newest` came."""
+    def delivered(self, name: str, oldest: int, newest: int, now: int | None = None) -> Source:
+        """A batch from `name` with reads from `oldest` to `newest` came (at gateway time
+        `now`, when known: the reader's delivery latency is learnt from it)."""
         src = self.get(name)
         src.down = False
+        if now is not None:
+            late = min(max(0, now - oldest), self.idle_us)  # a backlog is not its latency
+            src.latency = max(late, int(src.latency * _DISORDER_DECAY))
         # Measured against its reads only: a KEEPALIVE may overtake reads the reader still
         # holds for its next report, and that is not disorder of the reads themselves.
         behind = src.newest_read - oldest
@@ -109,16 +114,17 @@ class Sources:
         not active. None: no source yet."""
         if not self._by_name:
             return None
-        lead = max(src.mark for src in self._by_name.values())
+        marks = [(src, self._mark_at(src, now)) for src in self._by_name.values()]
+        lead = max(mark for _, mark in marks)
         if now is not None and now > lead:
             lead = now
         floor = lead - self.idle_us
         horizon = lead
         active = 0
-        for src in self._by_name.values():
-            if src.mark >= floor and not src.down:
+        for src, mark in marks:
+            if mark >= floor and not src.down:
                 active += 1
-                h = src.mark - src.disorder
+                h = mark - src.disorder
                 if h < horizon:
                     horizon = h
         if active == 1:
@@ -126,6 +132,14 @@ class Sources:
             # reads in order; its disorder is between tags): no need to wait for it.
             return lead
         return horizon
+
+    @staticmethod
+    def _mark_at(src: Source, now: int | None) -> int:
+        """A connected reader has delivered what it read up to its latency ago (a reader with
+        nothing in its field says nothing between KEEPALIVEs, and must not be waited for)."""
+        if now is None or src.down:
+            return src.mark
+        return max(src.mark, now - src.latency)
 
     def patience(self, src: Source) -> float:
         return max(float(self.idle_us), _PATIENCE_GAPS * src.gap)

@@ -421,32 +421,35 @@ class Engine:
 
     # --- reads --------------------------------------------------------------------------------
 
-    def feed(self, reads: Sequence[TagRead], source: str | None = None) -> Step:
+    def feed(
+        self, reads: Sequence[TagRead], source: str | None = None, now_us: int | None = None
+    ) -> Step:
         """Take a batch; judge every read that every active reader has passed (in time
         order; see sources.py). `source`: the one reader every read of the batch is from (a
-        driver's batch), else each read's reader is taken."""
+        driver's batch), else each read's reader is taken. `now_us`: the gateway clock at
+        arrival, when known (each reader's delivery latency is learnt from it)."""
         step = Step()
         if not reads:
             return step
         self._pending.extend(reads)
         top = NEVER
         for name, batch in _by_source(reads, source):
-            newest = self._delivered(name, batch)
+            newest = self._delivered(name, batch, now_us)
             if newest > top:
                 top = newest
         if top > self._pending_max:
             self._pending_max = top
-        horizon = self.sources.read_horizon()
+        horizon = self.sources.read_horizon(now_us)
         if horizon is not None and horizon > self._judged_to:
             self._flush(horizon, step)
         return step
 
-    def _delivered(self, name: str, reads: Sequence[TagRead]) -> int:
+    def _delivered(self, name: str, reads: Sequence[TagRead], now_us: int | None) -> int:
         """Note a source's batch (its event time; reads behind what was already judged are
         counted: they are judged tag by tag). Returns the batch's newest time."""
         oldest = min(map(_time_of, reads))
         newest = max(map(_time_of, reads))
-        src = self.sources.delivered(name, oldest, newest)
+        src = self.sources.delivered(name, oldest, newest, now_us)
         judged = self._judged_to
         if oldest <= judged:
             src.behind += sum(1 for read in reads if read.time_us <= judged)
