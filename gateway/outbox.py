@@ -12,7 +12,10 @@ Rules (Vector's disk buffer is the model):
 - an I/O error or a corrupt file raises OutboxError: the daemon stops rather than run on
   without durability.
 
-The object is not thread-safe: the pipeline uses it from one dedicated writer thread.
+Threads: every method but `stats()` must run on one thread (the pipeline's outbox thread):
+only that thread touches SQLite. `stats()` may be called from any thread (the event loop's
+status line, the HTTP thread's /metrics and /readyz): it returns the figures as of the last
+change, kept by the outbox thread with each change, and runs no query.
 """
 
 from __future__ import annotations
@@ -116,9 +119,9 @@ class Outbox:
         self.when_full = when_full
         self._leased_upto = 0  # rowids <= this have been handed to the publisher
         self.conn = self._open(synchronous)
-        self._resync()
         self.appended = 0
         self.acked = 0
+        self._resync()
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -205,12 +208,33 @@ class Outbox:
             if isinstance(exc, sqlite3.Error):
                 raise OutboxError(f"outbox {self.path}: commit failed: {exc}") from exc
             raise
+        self._snapshot()
         return assigned
 
     def _resync(self) -> None:
         self._last_seq = dict(self.conn.execute("SELECT stream, last_seq FROM streams").fetchall())
         self._counters = dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
         self._bytes, self._depth = self._scan_size()
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        """Take the figures stats() hands to other threads (outbox thread, after each change).
+        A new object each time: one handed out earlier never changes under its reader."""
+        # The first row by rowid is the oldest written (rowids only grow: AUTOINCREMENT); an
+        # index lookup, where MIN(created_us) would read the whole table.
+        row = self.conn.execute("SELECT created_us FROM messages ORDER BY rowid LIMIT 1").fetchone()
+        dropped = {
+            k.split(":", 1)[1]: v for k, v in self._counters.items() if k.startswith("dropped:")
+        }
+        self._stats = OutboxStats(
+            depth=self._depth,
+            bytes=self._bytes,
+            oldest_created_us=row[0] if row else None,
+            appended=self.appended,
+            acked=self.acked,
+            dropped=dropped,
+            last_seq=dict(self._last_seq),
+        )
 
     def _write(
         self,
@@ -365,6 +389,7 @@ class Outbox:
         self._bytes -= freed
         self._depth -= deleted
         self.acked += deleted
+        self._snapshot()
 
     def prune_tag_states(self, absent_before_us: int) -> int:
         """Forget absent tags last seen before this time (the engine forgot them too);
@@ -387,19 +412,8 @@ class Outbox:
         return int(row[0])
 
     def stats(self) -> OutboxStats:
-        oldest = self.conn.execute("SELECT MIN(created_us) FROM messages").fetchone()[0]
-        dropped = {
-            k.split(":", 1)[1]: v for k, v in self._counters.items() if k.startswith("dropped:")
-        }
-        return OutboxStats(
-            depth=self._depth,
-            bytes=self._bytes,
-            oldest_created_us=oldest,
-            appended=self.appended,
-            acked=self.acked,
-            dropped=dropped,
-            last_seq=dict(self._last_seq),
-        )
+        """From any thread: the figures as of the outbox thread's last change (no query)."""
+        return self._stats
 
     def peek(self, limit: int = 20, stream: str | None = None) -> list[Stored]:
         query = "SELECT rowid, id, stream, seq, subtopic, payload, created_us FROM messages"
