@@ -49,6 +49,11 @@ class Metrics:
         self.acked = Counter(
             f"{PREFIX}_publisher_acked_messages", "Messages acknowledged (PUBACK)", registry=r
         )
+        self.publish_refused = Counter(
+            f"{PREFIX}_publisher_refused",
+            "Publishes the MQTT client refused to queue (the messages are leased again)",
+            registry=r,
+        )
         self.publish_latency = Histogram(
             f"{PREFIX}_publisher_ack_latency_seconds",
             "Time from publish to PUBACK",

@@ -361,9 +361,10 @@ class Outbox:
             self._leased_upto = rows[-1][0]
         return [Stored(*row) for row in rows]
 
-    def rewind(self) -> None:
-        """Hand every unacknowledged message out again (a new publisher session)."""
-        self._leased_upto = 0
+    def rewind(self, rowid: int | None = None) -> None:
+        """Hand messages out again: every unacknowledged one, or, given a rowid (a message the
+        publisher could not hand to MQTT), that one and every later one."""
+        self._leased_upto = 0 if rowid is None else min(self._leased_upto, rowid - 1)
 
     def ack(self, rowids: Sequence[int]) -> None:
         """The broker acknowledged these: delete them."""

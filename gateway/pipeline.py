@@ -35,7 +35,7 @@ from gateway.epcis import epcis_outgoing
 from gateway.metrics import HealthServer, Metrics, counter, gauge
 from gateway.model import Movement, Outgoing, TagRead, iso_ms, movement_body, now_us
 from gateway.outbox import Outbox, OutboxError
-from gateway.publisher import Publisher
+from gateway.publisher import Publisher, PublishRefused
 
 log = logging.getLogger("fc_edge.pipeline")
 DEVICE_STATES = ("connecting", "up", "backoff", "stale", "unreachable", "stopped")
@@ -514,7 +514,23 @@ class Pipeline:
                 continue
             rows = await self._db(outbox.lease, room)
             if rows:
-                publisher.publish(rows)
+                try:
+                    publisher.publish(rows)
+                except PublishRefused as refused:
+                    # paho would not queue a row (e.g. no packet id free): it and the rows after
+                    # it are leased again, in order, at the next wake (a PUBACK, a reconnect,
+                    # a commit). Nothing is lost and the daemon runs on.
+                    sent = [row.rowid for row in rows].index(refused.rowid)
+                    self.metrics.published.inc(sent)
+                    self.metrics.publish_refused.inc()
+                    await self._db(outbox.rewind, refused.rowid)
+                    if not self._refusing:
+                        log.warning("mqtt: %s; the message is published again later", refused)
+                    self._refusing = True
+                    continue
+                if self._refusing:
+                    log.info("mqtt: publishing again after refusals")
+                    self._refusing = False
                 self.metrics.published.inc(len(rows))
                 if len(rows) == room:
                     continue  # acks will wake us
@@ -606,6 +622,7 @@ class Pipeline:
     # --- shutdown -----------------------------------------------------------------------------
 
     _draining = False
+    _refusing = False  # paho refused a publish, and none was accepted since (log once)
 
     async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self.stopping = True

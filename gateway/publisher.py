@@ -51,7 +51,11 @@ class Publisher:
         self.birth = birth
         self._lock = threading.Lock()
         self._mid_rows: dict[int, tuple[int, float, str]] = {}  # mid -> (rowid, publish time, id)
-        self._early: set[int] = set()  # PUBACKs that beat the mid registration
+        # PUBACKs that beat the registration of their row's mid, kept only while publish() runs:
+        # every other publish (birth, statuses, QoS 0 finds) also calls on_publish with a mid
+        # of its own, which a later row may get again.
+        self._early: set[int] = set()
+        self._publishing = False
         self._acked: list[tuple[int, float, str]] = []  # gathered per network loop pass
         self._retained: dict[str, bytes] = {}  # subtopic -> last retained payload (device status)
         self._stop = threading.Event()
@@ -238,7 +242,8 @@ class Publisher:
         with self._lock:
             entry = self._mid_rows.pop(mid, None)
             if entry is None:
-                self._early.add(mid)
+                if self._publishing:  # perhaps a row of the publish() under way
+                    self._early.add(mid)
                 return
             self._acked.append((entry[0], time.monotonic() - entry[1], entry[2]))
 
@@ -257,24 +262,35 @@ class Publisher:
             return len(self._mid_rows)
 
     def publish(self, rows: Sequence[Stored]) -> None:
-        """Hand leased outbox rows to MQTT, in order. Acks arrive through on_acks."""
+        """Hand leased outbox rows to MQTT, in order. Acks arrive through on_acks.
+
+        Raises PublishRefused when paho will not queue a row (e.g. every packet id is taken by
+        a message awaiting its PUBACK): the rows before it are queued, it and the rest are not
+        (the caller leases them again: Outbox.rewind(refused.rowid))."""
         acked_early = []
-        for row in rows:
-            topic = f"{self.topic_base}/{row.subtopic}"
-            info = self.client.publish(topic, row.payload, qos=1)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                # paho refused to queue it: it stays in the outbox and is re-leased later.
-                raise PublishRefused(
-                    f"paho refused to queue a message: {mqtt.error_string(info.rc)}"
-                )
+        with self._lock:
+            self._publishing = True
+        try:
+            for row in rows:
+                topic = f"{self.topic_base}/{row.subtopic}"
+                info = self.client.publish(topic, row.payload, qos=1)
+                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    raise PublishRefused(
+                        f"paho refused to queue a message: {mqtt.error_string(info.rc)}",
+                        row.rowid,
+                    )
+                with self._lock:
+                    if info.mid in self._early:
+                        self._early.discard(info.mid)
+                        acked_early.append((row.rowid, 0.0, row.id))
+                    else:
+                        self._mid_rows[info.mid] = (row.rowid, time.monotonic(), row.id)
+        finally:
             with self._lock:
-                if info.mid in self._early:
-                    self._early.discard(info.mid)
-                    acked_early.append((row.rowid, 0.0, row.id))
-                else:
-                    self._mid_rows[info.mid] = (row.rowid, time.monotonic(), row.id)
-        if acked_early:
-            self.on_acks(acked_early)
+                self._publishing = False
+                self._early.clear()  # other messages' acks: no row of this call has their mid
+            if acked_early:
+                self.on_acks(acked_early)
 
     def publish_retained(self, subtopic: str, body: dict[str, Any]) -> None:
         """State, not events: kept here and re-published on every connect (devices/{name})."""
@@ -292,7 +308,11 @@ class Publisher:
 
 
 class PublishRefused(Exception):
-    pass
+    """paho would not queue the row `rowid`; it and the rows after it were not published."""
+
+    def __init__(self, message: str, rowid: int) -> None:
+        super().__init__(message)
+        self.rowid = rowid
 
 
 def _ignore_socket_event(client: mqtt.Client, userdata: Any, sock: Any) -> None:
