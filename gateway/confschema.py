@@ -18,8 +18,6 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 # field(metadata={PARSE: fn}) converts the raw value first; fn raises ValueError with a reason.
 PARSE = "parse"
-# field(metadata={DOC: "..."}) is shown by `check-config --explain` (documentation only).
-DOC = "doc"
 
 
 class Errors:
