@@ -4,7 +4,7 @@
     fc-edge bench accuracy --json --set shipped|tuning|evaluation [--family F ...]
                            [--seeds 1-3] [--model independent|bursty] [--runner R ...] [--jobs N]
     fc-edge bench engine --json [--tags 10000,100000,1000000] [--reads 300000] [--runs 5]
-                                [--loop default|python]
+                                [--loop default|python] [--no-steady-state]
 
 `accuracy` renders each scenario (default: every shipped one with readers), derives the
 gateway config it describes (write_gateway_config -> gateway.config.load), and delivers the
@@ -26,7 +26,11 @@ simulators/families.py).
 the bytes per tracked tag by tracemalloc, and the floor measured in the same run: a bare loop
 that only updates a dict per read. The speed figure is reported as a ratio to that floor, with
 the hot loop that ran ("c": gateway/engine/_hotloop.c; "python": --loop python, or a box
-where it was not built).
+where it was not built). Beside each size's feed-only figures, `steady_state` measures the same
+number of tracked tags doing what a site does (SteadySite): tags arriving, moving and leaving,
+yard tags passing, departures by absence, evictions at the cap (max_tags = the size),
+forgetting, refreshes of persisted states, a feed per reader and report, KEEPALIVEs and ticks,
+with the floor on the same reads; the work done is counted next to the rate.
 """
 
 from __future__ import annotations
@@ -34,17 +38,20 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import heapq
 import importlib
 import inspect
 import json
+import math
 import random
 import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +64,7 @@ EPOCH_US = 1_764_000_000_000_000  # scenario t=0 on the reader clock (late 2025)
 BATCH_US = 50_000
 TICK_US = 250_000
 KEEPALIVE_US = 5_000_000  # the LLRP driver's default keepalive_s
+GOAL_READS_PER_S = 300_000  # per core, at 1M tracked tags (issue 13 item 5)
 
 
 class _Runner(Protocol):
@@ -728,6 +736,527 @@ def bytes_per_tag(n_tags: int, engine_class: type[Engine] = Engine) -> dict[str,
     }
 
 
+# --- speed at a site's steady state -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Flows:
+    """What a busy site does, per second of reader time, as shares of its tracked tags. The
+    site runs at its cap (max_tags = the tracked tags), so new tags evict the least recently
+    seen. Stock stands in zones (zone profile: departed after 30 s unread, forgotten after an
+    hour); trailers pass through the yard (an offsite location: their tags are confirmed there
+    and forgotten after `yard_forget_s`). With these shares the stock dwells 5 minutes (a busy
+    cross-dock): churn high enough that every mechanism works within a few seconds of reader
+    time, i.e. more slow paths per read than a calmer site has."""
+
+    zone_readers: int = 4
+    antennas_per_reader: int = 2  # one zone per antenna
+    present_share: float = 0.6  # tracked tags present in the zones (the rest left, or yard)
+    churn_per_s: float = 0.002  # stock arrivals per s = stock leaving per s
+    moves_per_s: float = 0.0005  # stock moving to another zone per s
+    yard_per_s: float = 0.0005  # tags seen in the yard per s (never enter the site)
+    yard_forget_s: float = 60.0  # the yard's forget_after_s
+    cross_read_share: float = 0.05  # background reads on a neighbour zone, 10 dB down
+    keepalive_s: float = 5.0  # KEEPALIVE period of every reader (the LLRP driver's default)
+    report_s: float = 0.05  # longest report window of a reader
+    history_read_s: float = 5.0  # warm-up: how often present tags are read in the history
+
+
+_YARD_LOC = "YARD"
+_FEED, _TICK, _PROGRESS = 0, 1, 2
+_S = 1_000_000  # µs per second
+# The reads of each flow (arrive, leave, move, yard), by their offsets from its time.
+_BURSTS: tuple[tuple[int, ...], ...] = (
+    (0, _S // 2, _S),
+    (),
+    (0, _S // 2, _S, 3 * _S // 2),
+    (0, _S // 2, _S),
+)
+
+
+def steady_site(flows: Flows, max_tags: int) -> EngineConfig:
+    """zone_readers readers r1.. with one zone Z<k> per antenna, and a yard reader on the
+    offsite YARD location (profile "yard": confirmed in 0.5 s, forgotten after
+    yard_forget_s); max_tags capped."""
+    from types import SimpleNamespace as NS
+
+    from gateway.engine.settings import EngineSettings, ProfileSettings
+
+    per = flows.antennas_per_reader
+    zones = flows.zone_readers * per
+    locations: dict[str, Any] = {
+        f"Z{k}": NS(offsite=False, biz_step=None, disposition=None, profile=None)
+        for k in range(zones)
+    }
+    locations[_YARD_LOC] = NS(offsite=True, biz_step=None, disposition=None, profile="yard")
+    readers: list[tuple[str, Mapping[int, Any]]] = [
+        (
+            f"r{r + 1}",
+            {
+                a + 1: NS(location=f"Z{r * per + a}", read_point=None, rssi_offset_db=0.0)
+                for a in range(per)
+            },
+        )
+        for r in range(flows.zone_readers)
+    ]
+    yard_antenna = NS(location=_YARD_LOC, read_point=None, rssi_offset_db=0.0)
+    readers.append(("yard", {1: yard_antenna}))
+    yard = ProfileSettings(confirm_s=0.5, departed_after_s=None, forget_after_s=flows.yard_forget_s)
+    settings = EngineSettings(max_tags=max_tags)
+    return EngineConfig.build(readers, locations, {}, {"yard": yard}, settings)
+
+
+Op = tuple[Any, ...]  # (_FEED, reads, reader) | (_TICK, now_us) | (_PROGRESS, reader, time_us)
+
+
+class SteadySite:
+    """The reads, ticks and KEEPALIVEs of a site at steady state (see Flows), run after run.
+
+    warm() gives the engine a compressed history, so that at the first measured read it holds
+    what the site would after running for ever: `present_share` of the tags confirmed in their
+    zones (their absence checks and state refreshes spread evenly over their periods, and, with
+    the probability of having met one during their stay, a cross-read that was evidence), the
+    stock that left over the last minutes (departing 30 s after its last read, then waiting at
+    the cap to be evicted), and the yard tags of the last yard_forget_s; the engine at its cap.
+    (steady_state then runs the workload a few seconds unmeasured, so that what a history read
+    every history_read_s cannot give settles.)
+
+    run(n) makes the next n reads in reader-time order (reader time advancing at
+    `reader_rate`): background reads of a present tag chosen at random (5 % cross-reads on the
+    neighbour zone), and the flows: a new tag arriving in a zone (3 reads over 1 s, then
+    read like the rest), a present tag leaving (never read again: departs by absence,
+    then is evicted), a tag moving to another zone (4 reads 3 dB stronger over 1.5 s, then
+    read there), a yard tag (3 reads over 1 s, never again: forgotten). They are delivered as
+    the gateway receives them: each reader's reads of a report window in one feed(reads,
+    reader), progress(reader, t) at each reader's KEEPALIVE, tick(t) every tick_s, all on reader
+    time (a gateway clock with no delivery delay)."""
+
+    def __init__(
+        self,
+        n_tags: int,
+        reader_rate: float,
+        flows: Flows = Flows(),
+        seed: int = 1,
+        batch: int = 500,
+        tick_s: float = 0.25,
+    ) -> None:
+        self.n = n_tags
+        self.rate = reader_rate
+        self.flows = flows
+        self.rng = random.Random(seed)
+        per = flows.antennas_per_reader
+        self.zones = flows.zone_readers * per
+        self.yard = self.zones  # location code of the yard
+        self.places = [(f"r{z // per + 1}", z % per + 1) for z in range(self.zones)]
+        self.places.append(("yard", 1))
+        self.readers = [f"r{r + 1}" for r in range(flows.zone_readers)] + ["yard"]
+        self.zone = array("b")  # by tag id: its location code
+        self.pool: list[int] = []  # present stock, by position
+        self.pos = array("q")  # by tag id: its position in pool (-1: not present)
+        self.future: list[tuple[int, int, int, float]] = []  # heap: (time, tag, loc, rssi)
+        self._acc = [0.0, 0.0, 0.0, 0.0]  # fractional events carried (arrive, leave, move, yard)
+        # A reader reports every `batch` reads on average, at most every report_s.
+        per_reader_s = batch * flows.zone_readers / reader_rate
+        self.report_us = max(1000, round(min(flows.report_s, per_reader_s) * _S))
+        self.tick_us = round(tick_s * _S)
+        self.now = EPOCH_US
+        self.next_tick = EPOCH_US
+        self.next_keepalive: dict[str, int] = {}
+        self.history_s = 0.0
+        self.history_cross_reads = 0
+
+    def _new_tag(self, loc: int) -> int:
+        k = len(self.zone)
+        self.zone.append(loc)
+        self.pos.append(-1)
+        return k
+
+    def _join(self, k: int) -> None:
+        self.pos[k] = len(self.pool)
+        self.pool.append(k)
+
+    def _leave(self, k: int) -> None:
+        p = self.pos[k]
+        last = self.pool.pop()
+        if last != k:
+            self.pool[p] = last
+            self.pos[last] = p
+        self.pos[k] = -1
+
+    def _read(self, k: int, loc: int, rssi: float, t: int) -> TagRead:
+        reader, antenna = self.places[loc]
+        return TagRead(_epc(k), reader, antenna, rssi, t)
+
+    # --- history ------------------------------------------------------------------------------
+
+    def warm(self, engine: Engine) -> int:
+        """Feed the compressed history (see the class); returns the number of its reads."""
+        f, rng, n = self.flows, self.rng, self.n
+        present = round(f.present_share * n)
+        churn = f.churn_per_s * n
+        yard_rate = f.yard_per_s * n
+        yard_alive = round(yard_rate * f.yard_forget_s)
+        # Enough stock that left to put the engine just over its cap (one eviction in the
+        # history: the first measured new tags meet a full engine, as at steady state).
+        leavers = max(0, n + n // 200 - present - yard_alive) if churn > 0 else 0
+        yard_tags = round(yard_rate * (f.yard_forget_s + 2.0))
+        spans = [32.0, f.yard_forget_s + 2.0, leavers / churn if churn > 0 else 0.0]
+        self.history_s = max(spans) + 3.0
+        end = EPOCH_US + round(self.history_s * _S)
+        # A read of the history, packed in one int (they sort by time): time, tag, location,
+        # and 16 for a cross-read.
+        bits = (present + leavers + yard_tags).bit_length() + 5
+        keys: list[int] = []
+        add = keys.append
+
+        def key(t: int, k: int, code: int) -> int:
+            return ((t - EPOCH_US) << bits) | (k << 5) | code
+
+        # The cross-reads a present tag met during its stay that are evidence by the rules
+        # (more than cross_read_window_s after its last read where it is: not ignored as a
+        # cross-read). Reads of a present tag, as run() makes them, are a Poisson process.
+        window = engine.config.settings.cross_read_window_s
+        per_tag = self.rate * (1.0 - f.cross_read_share) / max(1, present)  # own reads/s
+        evidence = self.rate * f.cross_read_share / max(1, present) * math.exp(-window * per_tag)
+        dwell = f.present_share / f.churn_per_s if f.churn_per_s > 0 else math.inf
+        self.history_cross_reads = 0
+        period = round(f.history_read_s * _S)
+        for j in range(present):
+            z = rng.randrange(self.zones)
+            k = self._new_tag(z)
+            self._join(k)
+            # Confirmed (2 reads 1 s apart) 1-31 s before the end, then read every
+            # history_read_s: checks and refreshes fall evenly over their periods.
+            confirmed = end - round(30 * _S * (j + 0.5) / present) - _S
+            add(key(confirmed - _S, k, z))
+            own = range(confirmed, end, period)
+            for t in own:
+                add(key(t, k, z))
+            # One such cross-read, if its stay (exponential, mean: the dwell) held any, after
+            # one of its reads in the history: what it leaves behind is what the engine holds.
+            stay = rng.expovariate(1.0 / dwell) if dwell < math.inf else math.inf
+            if rng.random() < -math.expm1(-evidence * stay):
+                t = rng.choice(own)
+                room = min(period, end - t) / _S - window
+                if room > 0.2:
+                    t += round((window + rng.uniform(0.1, room - 0.1)) * _S)
+                    add(key(t, k, 16 | (z + 1) % self.zones))
+                    self.history_cross_reads += 1
+        for j in range(leavers):
+            z = rng.randrange(self.zones)
+            k = self._new_tag(z)
+            last = end - round(_S * (j + 0.5) / churn)
+            for d in (2 * _S, _S, 0):
+                add(key(last - d, k, z))
+        for j in range(yard_tags):
+            k = self._new_tag(self.yard)
+            last = end - round(_S * (j + 0.5) / yard_rate)
+            for d in (_S, _S // 2, 0):
+                add(key(last - d, k, self.yard))
+        keys.sort()
+        start = (keys[0] >> bits) + EPOCH_US if keys else end
+        report = round(f.report_s * _S)
+        self.now = start - start % report
+        self.next_tick = self.now + self.tick_us
+        cursor = 0
+        tag_mask = (1 << (bits - 5)) - 1
+        while self.now < end:
+            w_end = min(self.now + report, end)
+            parts: dict[str, list[TagRead]] = {}
+            limit = (w_end - EPOCH_US) << bits
+            while cursor < len(keys) and keys[cursor] < limit:
+                packed = keys[cursor]
+                cursor += 1
+                code = packed & 31
+                loc = code & 15
+                rssi = -60.0 if loc == self.yard else -65.0 if code & 16 else -55.0
+                t = (packed >> bits) + EPOCH_US
+                read = self._read((packed >> 5) & tag_mask, loc, rssi, t)
+                parts.setdefault(read.reader, []).append(read)
+            for reader in self.readers:
+                if reader in parts:
+                    engine.feed(parts[reader], reader)
+                engine.progress(reader, w_end)
+            if w_end >= self.next_tick:
+                engine.tick(w_end)
+                while self.next_tick <= w_end:
+                    self.next_tick += self.tick_us
+            self.now = w_end
+        engine.flush()
+        keepalive = round(f.keepalive_s * _S)
+        for r, reader in enumerate(self.readers):
+            self.next_keepalive[reader] = end + keepalive * (r + 1) // len(self.readers)
+        return len(keys)
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def _events(self, count: float, slot: int) -> int:
+        self._acc[slot] += count
+        k = int(self._acc[slot])
+        self._acc[slot] -= k
+        return k
+
+    def _apply_event(self, kind: int, t: int) -> int:
+        """One flow at time t; returns 1 if it brought a new tag."""
+        rng, future = self.rng, self.future
+        if kind == 0:  # a new tag arrives in a zone
+            z = rng.randrange(self.zones)
+            k = self._new_tag(z)
+            self._join(k)
+            for d in _BURSTS[0]:
+                heapq.heappush(future, (t + d, k, z, -55.0 + rng.gauss(0.0, 2.0)))
+            return 1
+        if kind == 3:  # a yard tag, never seen again
+            k = self._new_tag(self.yard)
+            for d in _BURSTS[3]:
+                heapq.heappush(future, (t + d, k, self.yard, -60.0 + rng.gauss(0.0, 2.0)))
+            return 1
+        if not self.pool:
+            return 0
+        k = self.pool[rng.randrange(len(self.pool))]
+        if kind == 1:  # leaves: never read again
+            self._leave(k)
+        else:  # moves to another zone, read there from now on
+            z = (self.zone[k] + rng.randrange(1, self.zones)) % self.zones
+            self.zone[k] = z
+            for d in _BURSTS[2]:
+                heapq.heappush(future, (t + d, k, z, -52.0 + rng.gauss(0.0, 2.0)))
+        return 0
+
+    def run(self, n_reads: int) -> tuple[list[TagRead], list[Op], dict[str, int]]:
+        """The next n_reads reads (in reader-time order), the operations delivering them, and
+        what the run holds (new tags, flows, ticks, KEEPALIVEs, feeds)."""
+        f, rng, n = self.flows, self.rng, self.n
+        t0 = self.now
+        t1 = t0 + max(1, round(n_reads * _S / self.rate))
+        span_s = (t1 - t0) / _S
+        events: list[tuple[int, int]] = []
+        shares = (f.churn_per_s, f.churn_per_s, f.moves_per_s, f.yard_per_s)
+        for kind, share in enumerate(shares):
+            for _ in range(self._events(share * n * span_s, kind)):
+                events.append((t0 + rng.randrange(t1 - t0), kind))
+        events.sort()
+        # Reads of the flows inside this run (those of events to come included): the
+        # background makes up the rest of n_reads.
+        inside = sum(1 for t, *_ in self.future if t < t1)
+        for t, kind in events:
+            inside += sum(1 for d in _BURSTS[kind] if t + d < t1)
+        background = max(0, n_reads - inside)
+        reads: list[TagRead] = []
+        future, pool, zone = self.future, self.pool, self.zone
+        zones, cross = self.zones, f.cross_read_share
+        new_tags = 0
+        e = 0
+        span = t1 - t0
+        for j in range(background):
+            t = t0 + (j + 1) * span // (background + 1)
+            while e < len(events) and events[e][0] <= t:
+                new_tags += self._apply_event(events[e][1], events[e][0])
+                e += 1
+            while future and future[0][0] <= t:
+                ft, k, loc, rssi = heapq.heappop(future)
+                reads.append(self._read(k, loc, rssi, ft))
+            if not pool:
+                continue
+            k = pool[rng.randrange(len(pool))]
+            z = zone[k]
+            rssi = -55.0 + rng.gauss(0.0, 4.0)
+            if rng.random() < cross:
+                z = (z + 1) % zones
+                rssi -= 10.0
+            reads.append(self._read(k, z, rssi, t))
+        while e < len(events):
+            new_tags += self._apply_event(events[e][1], events[e][0])
+            e += 1
+        while future and future[0][0] < t1:
+            ft, k, loc, rssi = heapq.heappop(future)
+            reads.append(self._read(k, loc, rssi, ft))
+        ops, counts = self._deliver(reads, t0, t1)
+        counts["new_tags"] = new_tags
+        for kind, name in enumerate(("arrivals", "leaving", "moves", "yard_visits")):
+            counts[name] = sum(1 for _, k in events if k == kind)
+        self.now = t1
+        return reads, ops, counts
+
+    def _deliver(self, reads: list[TagRead], t0: int, t1: int) -> tuple[list[Op], dict[str, int]]:
+        ops: list[Op] = []
+        ticks = keepalives = feeds = 0
+        cursor = 0
+        w_start = t0
+        while w_start < t1:
+            w_end = min(w_start + self.report_us, t1)
+            parts: dict[str, list[TagRead]] = {}
+            while cursor < len(reads) and reads[cursor].time_us < w_end:
+                read = reads[cursor]
+                cursor += 1
+                part = parts.get(read.reader)
+                if part is None:
+                    parts[read.reader] = part = []
+                part.append(read)
+            for reader in self.readers:
+                part = parts.get(reader)
+                if part:
+                    ops.append((_FEED, part, reader))
+                    feeds += 1
+                if self.next_keepalive[reader] <= w_end:
+                    ops.append((_PROGRESS, reader, w_end))
+                    keepalives += 1
+                    self.next_keepalive[reader] += round(self.flows.keepalive_s * _S)
+            if self.next_tick <= w_end:
+                ops.append((_TICK, w_end))
+                ticks += 1
+                while self.next_tick <= w_end:
+                    self.next_tick += self.tick_us
+            w_start = w_end
+        return ops, {"ticks": ticks, "keepalives": keepalives, "feeds": feeds}
+
+
+def _time_ops(engine: Engine, ops: Sequence[Op]) -> tuple[float, float, list[Step]]:
+    """(wall seconds, CPU seconds of this thread, the steps) to run the operations and flush."""
+    feed, tick, progress = engine.feed, engine.tick, engine.progress
+    steps: list[Step] = []
+    keep = steps.append
+    gc.collect()
+    started, cpu = time.perf_counter(), time.thread_time()
+    for op in ops:
+        kind = op[0]
+        if kind == _FEED:
+            keep(feed(op[1], op[2]))
+        elif kind == _TICK:
+            keep(tick(op[1]))
+        else:
+            progress(op[1], op[2])
+    keep(engine.flush())
+    return time.perf_counter() - started, time.thread_time() - cpu, steps
+
+
+def steady_state(
+    n_tags: int,
+    n_reads: int,
+    runs: int,
+    reader_rate: float,
+    seed: int = 1,
+    engine_class: type[Engine] = Engine,
+    flows: Flows = Flows(),
+    settle_s: float = 5.0,
+) -> dict[str, Any]:
+    """Reads/s of the engine doing what a site does at steady state (SteadySite), with
+    n_tags tracked (its cap), reader time advancing at reader_rate reads/s: median of the
+    runs, wall and CPU time of this thread, and the floor (the bare dict loop) on the same
+    reads; what the runs did (ticks, KEEPALIVEs, movements by type, refreshes of persisted
+    states, evictions, tags forgotten)."""
+    config = steady_site(flows, n_tags)
+    site = SteadySite(n_tags, reader_rate, flows, seed, tick_s=config.settings.tick_s)
+    engine = engine_class(config)
+    warm_started = time.perf_counter()
+    history_reads = site.warm(engine)
+    # Then the workload itself, unmeasured, until what the history could not give has
+    # settled (tags waiting for their first read past a refresh or an absence check, moves
+    # and arrivals under way): a few seconds of reader time.
+    settle = round(settle_s * reader_rate)
+    while settle > 0:
+        chunk = min(settle, max(1, n_reads))
+        _time_ops(engine, site.run(chunk)[1])
+        settle -= chunk
+    warm_s = time.perf_counter() - warm_started
+    moves0 = dict(engine.movement_counts)
+    evicted0 = dict(engine.evicted)
+    suppressed0 = dict(engine.suppressed)
+    tracked_start = engine.tracked
+    engine_s: list[tuple[float, float]] = []
+    floor_s: list[tuple[float, float]] = []
+    fed = 0
+    totals: dict[str, int] = {}
+    per_run: list[dict[str, Any]] = []
+    for _ in range(runs):
+        reads, ops, counts = site.run(n_reads)
+        before = engine.tracked
+        evicted_before = sum(engine.evicted.values())
+        moved_before = engine.movement_counts["arrived"] + engine.movement_counts["moved"]
+        floor_s.append(_time_floor(reads))
+        wall, cpu, steps = _time_ops(engine, ops)
+        engine_s.append((wall, cpu))
+        fed += len(reads)
+        present_states = sum(1 for step in steps for s in step.states if s.present)
+        yard_states = sum(
+            1 for step in steps for s in step.states if s.location == _YARD_LOC and not s.present
+        )
+        decided = engine.movement_counts["arrived"] + engine.movement_counts["moved"]
+        evicted = sum(engine.evicted.values()) - evicted_before
+        counts |= {
+            "reads": len(reads),
+            "refreshes": present_states - (decided - moved_before),
+            "yard_confirmations": yard_states,
+            "evicted": evicted,
+            # Nothing else drops a tag, and no dropped tag is read again (the leaving stock
+            # and the yard tags are never read after their last read).
+            "forgotten": before + counts["new_tags"] - evicted - engine.tracked,
+        }
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+        per_run.append(
+            {
+                "cpu_reads_per_s": round(len(reads) / cpu) if cpu > 0 else None,
+                "evicted": evicted,
+            }
+        )
+        del reads, ops, steps
+    per_read = fed / max(1, runs)
+    rate = per_read / statistics.median(s for s, _ in engine_s)
+    floor = per_read / statistics.median(s for s, _ in floor_s)
+    cpu_rate = per_read / statistics.median(c for _, c in engine_s)
+    cpu_floor = per_read / statistics.median(c for _, c in floor_s)
+    all_cpu = fed / sum(c for _, c in engine_s)
+    movements = {k: v - moves0.get(k, 0) for k, v in engine.movement_counts.items()}
+    return {
+        "tracked_tags": engine.tracked,
+        "tracked_tags_at_start": tracked_start,
+        "max_tags": n_tags,
+        "hot_loop": engine.hot_loop,
+        "reads_per_run": n_reads,
+        "reader_time_reads_per_s": reader_rate,
+        "reader_time_s": round(totals.get("reads", 0) / reader_rate, 3),
+        "runs": runs,
+        "reads_per_s": round(rate),
+        "floor_reads_per_s": round(floor),
+        "ratio_to_floor": round(rate / floor, 4),
+        "cpu_reads_per_s": round(cpu_rate),
+        "cpu_floor_reads_per_s": round(cpu_floor),
+        "cpu_ratio_to_floor": round(cpu_rate / cpu_floor, 4),
+        # Every run's reads over every run's CPU time: the rare work (an eviction burst every
+        # few seconds of reader time) weighed in, which the median of the runs may leave out.
+        "cpu_reads_per_s_all_runs": round(all_cpu),
+        "per_run": per_run,
+        "ticks": totals.get("ticks", 0),
+        "keepalives": totals.get("keepalives", 0),
+        "feeds": totals.get("feeds", 0),
+        "movements": movements,
+        "refreshes": totals.get("refreshes", 0),
+        "yard_confirmations": totals.get("yard_confirmations", 0),
+        "evicted": {k: v - evicted0.get(k, 0) for k, v in engine.evicted.items()},
+        "forgotten": totals.get("forgotten", 0),
+        "new_tags": totals.get("new_tags", 0),
+        "flows": {k: totals.get(k, 0) for k in ("arrivals", "leaving", "moves", "yard_visits")},
+        "suppressed": {
+            k: v - suppressed0.get(k, 0)
+            for k, v in engine.suppressed.items()
+            if v != suppressed0.get(k, 0)
+        },
+        "workload": {
+            "readers": len(site.readers),
+            "zones": site.zones,
+            "report_window_ms": site.report_us / 1000,
+            "tick_s": site.tick_us / _S,
+            **asdict(flows),
+            "history_s": round(site.history_s, 1),
+            "history_reads": history_reads,
+            "history_cross_reads": site.history_cross_reads,
+            "settle_s": settle_s,
+            "warm_wall_s": round(warm_s, 1),
+        },
+    }
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -818,6 +1347,13 @@ def main(argv: list[str] | None = None) -> int:
         help="reads/s of reader time in the workload (default: the 300k reads/s goal)",
     )
     eng.add_argument(
+        "--steady-state",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure each size at a site's steady state (ticks, KEEPALIVEs, refreshes, "
+        "arrivals, departures, moves, evictions, forgetting: see SteadySite); default: on",
+    )
+    eng.add_argument(
         "--loop",
         choices=["default", "python"],
         default="default",
@@ -832,9 +1368,19 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {"bench": "engine", "machine": machine()}
     engine_class = PythonLoopEngine if args.loop == "python" else Engine
-    report["speed"] = [
-        speed(n, args.reads, args.runs, args.reader_rate, engine_class=engine_class) for n in sizes
-    ]
+    report["speed"] = []
+    for n in sizes:
+        entry = speed(n, args.reads, args.runs, args.reader_rate, engine_class=engine_class)
+        if args.steady_state:
+            steady = steady_state(
+                n, args.reads, args.runs, args.reader_rate, engine_class=engine_class
+            )
+            steady["cpu_ratio_to_feed_only"] = round(
+                steady["cpu_reads_per_s"] / entry["cpu_reads_per_s"], 4
+            )
+            steady["goal_cpu_reads_per_s"] = GOAL_READS_PER_S
+            entry["steady_state"] = steady
+        report["speed"].append(entry)
     if args.memory_tags:
         report["memory"] = bytes_per_tag(args.memory_tags, engine_class)
     report["loadavg_after"] = _loadavg()
