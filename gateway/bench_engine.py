@@ -806,7 +806,8 @@ def steady_site(flows: Flows, max_tags: int) -> EngineConfig:
     return EngineConfig.build(readers, locations, {}, {"yard": yard}, settings)
 
 
-Op = tuple[Any, ...]  # (_FEED, reads, reader) | (_TICK, now_us) | (_PROGRESS, reader, time_us)
+# (_FEED, reads, reader, now_us) | (_TICK, now_us) | (_PROGRESS, reader, time_us)
+Op = tuple[Any, ...]
 
 
 class SteadySite:
@@ -828,8 +829,8 @@ class SteadySite:
     then is evicted), a tag moving to another zone (4 reads 3 dB stronger over 1.5 s, then
     read there), a yard tag (3 reads over 1 s, never again: forgotten). They are delivered as
     the gateway receives them: each reader's reads of a report window in one feed(reads,
-    reader), progress(reader, t) at each reader's KEEPALIVE, tick(t) every tick_s, all on reader
-    time (a gateway clock with no delivery delay)."""
+    reader, t) as the window ends, progress(reader, t) at each reader's KEEPALIVE, tick(t) every
+    tick_s, all on reader time (a gateway clock with no delivery delay)."""
 
     def __init__(
         self,
@@ -975,7 +976,7 @@ class SteadySite:
                 parts.setdefault(read.reader, []).append(read)
             for reader in self.readers:
                 if reader in parts:
-                    engine.feed(parts[reader], reader)
+                    engine.feed(parts[reader], reader, w_end)
                 engine.progress(reader, w_end)
             if w_end >= self.next_tick:
                 engine.tick(w_end)
@@ -1096,7 +1097,7 @@ class SteadySite:
             for reader in self.readers:
                 part = parts.get(reader)
                 if part:
-                    ops.append((_FEED, part, reader))
+                    ops.append((_FEED, part, reader, w_end))
                     feeds += 1
                 if self.next_keepalive[reader] <= w_end:
                     ops.append((_PROGRESS, reader, w_end))
@@ -1121,7 +1122,7 @@ def _time_ops(engine: Engine, ops: Sequence[Op]) -> tuple[float, float, list[Ste
     for op in ops:
         kind = op[0]
         if kind == _FEED:
-            keep(feed(op[1], op[2]))
+            keep(feed(op[1], op[2], op[3]))
         elif kind == _TICK:
             keep(tick(op[1]))
         else:
