@@ -124,7 +124,9 @@ class Sources:
         for src, mark in marks:
             if mark >= floor and not src.down:
                 active += 1
-                h = mark - src.disorder
+                # Its own reads may come this much out of order; what its latency vouches for
+                # already covers the oldest read of a batch.
+                h = max(src.mark - src.disorder, mark if mark > src.mark else NEVER)
                 if h < horizon:
                     horizon = h
         if active == 1:
