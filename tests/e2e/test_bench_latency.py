@@ -47,8 +47,8 @@ def test_latency_bench_reports_sane_figures_under_light_load(
         assert total["p99"] >= total["p50"] >= 0, total
         assert total["max"] >= total["p99"]
         delivery = run["latency_s"]["all"]["delivery"]
-        # Nothing reaches the IMS before the engine's reorder window has passed.
-        assert delivery["p50"] >= 0.5 * doc["goal"]["delivery"]["reorder_window_s"], delivery
+        # Nothing reaches the IMS before the read that decided it (its reader time).
+        assert delivery["p99"] >= delivery["p50"] >= 0, delivery
         assert set(run["latency_s"]) >= {"all", "portal"}
         assert run["cpu"]["gateway"] > 0
     background = doc["loaded"]["background"]
@@ -58,6 +58,6 @@ def test_latency_bench_reports_sane_figures_under_light_load(
     goal = doc["goal"]
     assert goal["profile"] == "portal" and goal["confirm_s"] == 0.5 and goal["goal_s"] == 0.75
     assert goal["met"] == (goal["p99_total_s"] <= goal["goal_s"])
-    assert goal["delivery"]["goal_s"] == 0.75
+    assert goal["delivery"]["goal_s"] == 0.25
     assert set(doc["loaded_vs_floor"]) == {"total", "decision", "delivery"}
     assert not list(tmp_path.glob("fc-edge-bench-latency-*")), "the work dir is left behind"
