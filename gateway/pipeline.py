@@ -347,7 +347,7 @@ class Pipeline:
                     if workflow is not None:  # a handheld: its workflow decides, not the engine
                         self._add_workflow(batch, reader, workflow.on_reads(reads, now_us()))
                     else:
-                        self._add_step(batch, engine.feed(reads, reader))
+                        self._add_step(batch, engine.feed(reads, reader, now_us()))
             elif item.kind == "movement":
                 move: Movement = item.payload
                 self._add_step(batch, engine.apply(move))
