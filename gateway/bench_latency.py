@@ -13,10 +13,11 @@ config and `fc-edge listen` as the IMS. The scenario's truth is then scored agai
 IMS received (gateway.score's matching), and each matched movement's latency is split:
 
     total    = received_at - truth time    what the IMS sees
-    decision = movement time - truth time  what the engine needs to be sure (reader clock: the
-                                           read that settled it, as the simulator stamped it)
-    delivery = received_at - movement time reader -> gateway transport, reorder window, outbox,
-                                           MQTT and the IMS, under load
+    decision = decided - truth time        what the engine needs to be sure (decided: the
+                                           reader time of the read that settled it,
+                                           observed.last_seen, as the simulator stamped it)
+    delivery = received_at - decided       reader -> gateway transport, waiting for the other
+                                           readers (event time), outbox, MQTT and the IMS
 
 The truth time of a step is its end (docs/scenarios.md): a portal crossing is often settled
 before the pallet has finished rolling through, so decision can be negative. The reads and
@@ -162,6 +163,21 @@ def _pct(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+def decided_at(movement: Mapping[str, Any], time_s: float) -> float:
+    """When the engine decided a movement: the reader time of the read that settled it
+    (`observed.last_seen`). A movement's `time` is when the evidence shows it happened (its
+    first read at the new location, docs/messages.md), which can be a confirmation earlier."""
+    from gateway.score import parse_time
+
+    observed = movement.get("observed")
+    if isinstance(observed, Mapping) and observed.get("last_seen") is not None:
+        try:
+            return parse_time(observed["last_seen"])
+        except ValueError:
+            pass
+    return time_s
+
+
 def latency_figures(
     truth: list[dict[str, Any]],
     got: list[dict[str, Any]],
@@ -194,9 +210,10 @@ def latency_figures(
         name = "absence" if to is None else profiles.of_location.get(to, "?")
         for key in (name, "all"):
             split = groups.setdefault(key, {"total": [], "decision": [], "delivery": []})
+            decided = decided_at(g.raw, g.time_s)
             split["total"].append(g.latency_ref_s - t.time_s)
-            split["decision"].append(g.time_s - t.time_s)
-            split["delivery"].append(g.latency_ref_s - g.time_s)
+            split["decision"].append(decided - t.time_s)
+            split["delivery"].append(g.latency_ref_s - decided)
     latency = {
         key: {part: _pct(values) for part, values in split.items()}
         for key, split in sorted(groups.items())

@@ -16,7 +16,9 @@ How a read becomes a movement (docs/engine.md has the long form):
    reads and a lead held for the new location's `confirm_s`. Reads much weaker than where the
    tag is (cross-reads between a reader's antennas, strays of parked tags near a portal) are
    never evidence.
-4. A change of estimate is a movement by the spine's semantics: absent -> on-site = arrived
+4. A change of estimate is a movement by the spine's semantics, dated when the evidence shows
+   it happened (a first sighting's first read, a challenger's taking the lead; the read that
+   decided it is observed.last_seen): absent -> on-site = arrived
    (from = the offsite portal side it came through); on-site -> on-site = moved; on-site ->
    offsite = departed at once. Portal sides are locations, so the order in which a tag is seen
    strongest on each side is exactly the sequence of its estimates: seen on one side only, or
@@ -898,8 +900,9 @@ class Engine:
             return
         if t - lead < self._confirm_us(i, cur, new):
             return
-        # The challenger wins. The movement's time is this read's: when the evidence became
-        # conclusive (a crossing is complete when the far side alone has read the tag a while).
+        # The challenger wins. The movement is dated when the new location took the lead (the
+        # evidence shows the tag there from then on); this read, which made it conclusive, is
+        # observed.last_seen: when it was decided.
         observed = Observed(n, float(self._peak[i]), lead, t)
         self._loc[i] = lid
         self._s_cur[i] = s
@@ -911,7 +914,7 @@ class Engine:
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
         self._clear_evidence(i)
-        self._emit(i, old, new, t, read.reader, _via(place), observed, step)
+        self._emit(i, old, new, lead, read.reader, _via(place), observed, step)
 
     def _read_here(self, i: int, lid: int, t: int) -> None:
         """A read at the tag's current location, newer than its last one there: learn the
@@ -982,8 +985,9 @@ class Engine:
         self._tentative[i] = 0
         self._t_since[i] = t
         self._clear_evidence(i)
+        # Dated by the first read of the evidence that confirmed it: the tag was there then.
         observed = Observed(n, float(self._s_cur[i]), since, t)
-        self._emit(i, None, loc, t, source, _via(place), observed, step)
+        self._emit(i, None, loc, since, source, _via(place), observed, step)
 
     def _drop_current_evidence(self, i: int) -> None:
         n = self._n_cur[i]

@@ -756,8 +756,9 @@ class Engine:
             return
         if t - lead < self._confirm_us(i, cur, new):
             return
-        # The challenger wins. The movement's time is this read's: when the evidence became
-        # conclusive (a crossing is complete when the far side alone has read the tag a while).
+        # The challenger wins. The movement is dated when the new location took the lead (the
+        # evidence shows the tag there from then on); this read, which made it conclusive, is
+        # observed.last_seen: when it was decided.
         observed = Observed(n, float(self._peak[i]), lead, t)
         self._loc[i] = lid
         self._s_cur[i] = s
@@ -769,7 +770,7 @@ class Engine:
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
         self._clear_evidence(i)
-        self._emit(i, old, new, t, read.reader, _via(place), observed, step)
+        self._emit(i, old, new, lead, read.reader, _via(place), observed, step)
 
     def _read_here(self, i: int, lid: int, t: int) -> None:
         loc = self.locs[lid]
@@ -840,8 +841,9 @@ class Engine:
         self._tentative[i] = 0
         self._t_since[i] = t
         self._clear_evidence(i)
+        # Dated by the first read of the evidence that confirmed it: the tag was there then.
         observed = Observed(n, float(self._s_cur[i]), since, t)
-        self._emit(i, None, loc, t, source, _via(place), observed, step)
+        self._emit(i, None, loc, since, source, _via(place), observed, step)
 
     def _drop_current_evidence(self, i: int) -> None:
         n = self._n_cur[i]

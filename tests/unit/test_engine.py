@@ -599,3 +599,16 @@ def test_one_outlier_read_does_not_start_a_challengers_lead() -> None:
     reads += [TagRead(EPC, "zones", 2, -66.0, T0 + 7_370_000)]
     moves = run(Engine(site()), reads, 12)
     assert kinds(moves) == [("arrived", None, "A")]
+
+
+def test_a_movement_is_dated_when_the_reads_show_it_happened() -> None:
+    """An arrival is dated by the first read of the evidence that confirmed it, a move by the
+    read from which the new location led; the read that decided each is observed.last_seen.
+    (The old engine dated both by the deciding read: a confirmation time late.)"""
+    reads = reads_at("zones", 1, 0, 5) + reads_at("zones", 2, 5, 10)
+    arrived, moved = run(Engine(site()), reads, 10)[:2]
+    assert (arrived.type, moved.type) == ("arrived", "moved")
+    assert arrived.time_us == T0 == arrived.observed.first_seen_us  # type: ignore[union-attr]
+    assert arrived.observed.last_seen_us >= T0 + 750_000  # type: ignore[union-attr]  # confirm_s
+    assert moved.time_us == moved.observed.first_seen_us  # type: ignore[union-attr]
+    assert T0 + 5_000_000 <= moved.time_us < moved.observed.last_seen_us  # type: ignore[union-attr]
