@@ -21,12 +21,29 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
-from simulators.llrp.server import FaultError
+from simulators.llrp.errors import FaultError
 
-if TYPE_CHECKING:
-    from simulators.llrp.server import SimServer
+
+class _Reader(Protocol):
+    """What the control API does with one simulated reader (server.SimReader)."""
+
+    def _status_now(self) -> dict[str, Any]: ...
+    def set_fault(
+        self, fault: str, seconds: float | None = None, kind: str | None = None
+    ) -> dict[str, Any]: ...
+    def add_reads_in(self, delay_s: float, reads: Iterable[tuple[int, str, float]], /) -> int: ...
+
+
+class _Simulator(Protocol):
+    """What the control API sees of the simulator (server.SimServer): its readers. A Protocol,
+    so that this module does not import the server that starts it."""
+
+    @property
+    def readers(self) -> Mapping[str, _Reader]: ...
+
 
 logger = logging.getLogger("simulators.llrp.control")
 
@@ -42,7 +59,7 @@ class HttpError(Exception):
 
 
 class ControlServer:
-    def __init__(self, sim: SimServer) -> None:
+    def __init__(self, sim: _Simulator) -> None:
         self.sim = sim
         self.counts: Counter[str] = Counter()
         self._server: asyncio.Server | None = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from simulators.llrp import codec, r420
+from simulators.llrp.errors import FaultError
 
 logger = logging.getLogger("simulators.llrp")
 
@@ -35,10 +36,6 @@ MAX_TAGS_PER_REPORT = 1000
 # Reports are dropped (and counted) rather than buffered without bound when a client stops reading.
 MAX_WRITE_BUFFER = 4 << 20
 _LOGGED_REJECTIONS = 10
-
-
-class FaultError(ValueError):
-    """An unknown fault, or bad arguments for one."""
 
 
 @dataclass(frozen=True)

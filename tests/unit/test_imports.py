@@ -19,8 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("gateway", "drivers", "simulators")
 
@@ -120,12 +118,6 @@ def test_check_config_imports_no_vendor_library_nor_the_demo_ui(tmp_path: Path) 
     assert {"drivers.llrp", "drivers.modbus", "drivers.tsl", "drivers.base"} & imported == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/config.py needs gateway.engine.settings, and importing it runs "
-    "gateway/engine/__init__.py, which imports the engine's core and its compiled loop: "
-    "gateway/engine/__init__.py should import core lazily (the engine owner's file)",
-)
 def test_check_config_does_not_load_the_compiled_engine(tmp_path: Path) -> None:
     imported = modules_imported_by_check_config(site_config(tmp_path))
     assert "gateway.engine._hotloop" not in imported
@@ -230,35 +222,9 @@ def test_the_graph_sees_deferred_and_type_checking_imports() -> None:
     assert "gateway.engine._hotloop" in graph["gateway.engine.core"]  # a compiled module
 
 
-# Cycles whose one-line fix is in a file another owner is editing at the time of writing; each
-# is a strict xfail below, so the day it is fixed the test says to drop it from this list.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"gateway.bench", "gateway.bench_engine"}): (
-        "gateway/bench_engine.py imports _loadavg and machine from gateway.bench: it should "
-        "import them from gateway.bench_common"
-    ),
-    frozenset({"simulators.llrp.control", "simulators.llrp.server"}): (
-        "simulators/llrp/control.py imports FaultError (and, for types, SimServer) from the "
-        "server, which starts the control server: FaultError belongs in a leaf module, and the "
-        "control server should see the simulator through a Protocol of what it calls"
-    ),
-}
-
-
 def test_no_import_cycles() -> None:
-    found = [c for c in cycles(import_graph()) if frozenset(c) not in KNOWN_CYCLES]
+    found = cycles(import_graph())
     assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
-
-
-@pytest.mark.parametrize(
-    "cycle",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=why), id="-".join(sorted(c)))
-        for c, why in KNOWN_CYCLES.items()
-    ],
-)
-def test_known_cycle_is_gone(cycle: frozenset[str]) -> None:
-    assert cycle not in {frozenset(c) for c in cycles(import_graph())}
 
 
 def test_each_driver_class_matches_what_the_config_loader_knows_of_it() -> None:
