@@ -39,8 +39,6 @@ import argparse
 import copy
 import gc
 import heapq
-import importlib
-import inspect
 import json
 import math
 import random
@@ -57,6 +55,7 @@ from typing import Any, Protocol
 
 from gateway.engine import Engine, EngineConfig, Step
 from gateway.engine.baselines import EdgeXRule, LastAntennaWins
+from gateway.engine.clock import ReaderClocks
 from gateway.engine.core import PythonLoopEngine
 from gateway.model import Movement, TagRead, iso_ms
 
@@ -70,6 +69,8 @@ GOAL_READS_PER_S = 300_000  # per core, at 1M tracked tags (issue 13 item 5)
 class _Runner(Protocol):
     def feed(self, reads: Sequence[TagRead]) -> Step: ...
     def tick(self, now_us: int) -> Step: ...
+    def progress(self, source: str, time_us: int) -> None: ...
+    def source_down(self, source: str) -> None: ...
 
 
 # --- accuracy ---------------------------------------------------------------------------------
@@ -110,43 +111,9 @@ def scenario_reads(rendering: Any) -> list[TagRead]:
 Delivered = tuple[int, TagRead]  # (arrival_us on the gateway clock, the read)
 
 
-class _Clocks(Protocol):
-    def correct(self, reader: str, stamp_us: int, arrival_us: int) -> int: ...
-
-
-class _PerReaderClocks:
-    """ReaderClocks made of one ReaderClock per reader (correct(stamp_us, arrival_us))."""
-
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
-        self.clocks: dict[str, Any] = {}
-
-    def correct(self, reader: str, stamp_us: int, arrival_us: int) -> int:
-        clock = self.clocks.get(reader)
-        if clock is None:
-            clock = self.clocks[reader] = self.make()
-        corrected: int = clock.correct(stamp_us, arrival_us)
-        return corrected
-
-
-def reader_clocks() -> tuple[_Clocks | None, str]:
-    """The gateway's per-reader clock correction, and its name for the report: the engine's
-    `gateway.engine.clock.ReaderClocks` (correct(reader, stamp_us, arrival_us) -> gateway
-    time), else one `ReaderClock` per reader, else none (stamps are taken as they are)."""
-    try:
-        module = importlib.import_module("gateway.engine.clock")
-    except ImportError:
-        return None, "none"
-    clocks = getattr(module, "ReaderClocks", None)
-    if clocks is not None:
-        return clocks(), "gateway.engine.clock.ReaderClocks"
-    per_reader = getattr(module, "ReaderClock", None)
-    if per_reader is not None:
-        return _PerReaderClocks(per_reader), "gateway.engine.clock.ReaderClock (one per reader)"
-    return None, "none"
-
-
-def delivered_reads(rendering: Any, clocks: _Clocks | None = None) -> dict[str, list[Delivered]]:
+def delivered_reads(
+    rendering: Any, clocks: ReaderClocks | None = None
+) -> dict[str, list[Delivered]]:
     """reader -> its reads as the gateway receives them, in arrival order: (arrival_us, read),
     the read's time put on the gateway clock by `clocks` (None: the reader's stamp as it is).
     Without transport settings every arrival is the read's own stamp."""
@@ -171,25 +138,6 @@ def outages_of(scenario: Any) -> list[tuple[int, int, str]]:
         for o in transport.outages
     ]
     return sorted(spans)
-
-
-def _hook(runner: Any, name: str) -> Callable[..., Any] | None:
-    hook: Callable[..., Any] | None = getattr(runner, name, None)
-    return hook
-
-
-def _source_down(runner: Any, reader: str, time_us: int) -> None:
-    down = _hook(runner, "source_down")
-    if down is None:
-        return
-    try:
-        takes_time = len(inspect.signature(down).parameters) >= 2
-    except (TypeError, ValueError):
-        takes_time = True
-    if takes_time:
-        down(reader, time_us)
-    else:  # an engine whose source_down takes the reader only
-        down(reader)
 
 
 def replay(runner: _Runner, reads: Sequence[TagRead], end_us: int) -> list[dict[str, Any]]:
@@ -219,7 +167,6 @@ def deliver(
         for m in step.movements:
             got.append(_movement_json(m, now))
 
-    progress = _hook(runner, "progress")
     cursor = dict.fromkeys(deliveries, 0)
     down = 0
     now = EPOCH_US
@@ -234,17 +181,15 @@ def deliver(
             if k > start:
                 cursor[reader] = k
                 take(runner.feed([read for _, read in items[start:k]]), now)
-                if progress is not None:
-                    progress(reader, items[k - 1][0])
+                runner.progress(reader, items[k - 1][0])
         while down < len(outages) and outages[down][0] < now:
-            _source_down(runner, outages[down][2], outages[down][0])
+            runner.source_down(outages[down][2])
             down += 1
         if now >= next_keepalive:
             next_keepalive += KEEPALIVE_US
-            if progress is not None:
-                for reader in deliveries:
-                    if not any(a <= now < b for a, b, r in outages if r == reader):
-                        progress(reader, now)
+            for reader in deliveries:
+                if not any(a <= now < b for a, b, r in outages if r == reader):
+                    runner.progress(reader, now)
         if now >= next_tick:
             take(runner.tick(now), now)
             next_tick += TICK_US
@@ -320,7 +265,7 @@ def accuracy_of_scenario(
     # The radio keeps reading the final state after the timeline ends, as a real site would:
     # a run that stopped reading at `duration` would see every tag vanish.
     rendering = render(scenario, until_s=end_s)
-    clocks, _ = reader_clocks()
+    clocks = ReaderClocks()
     deliveries = delivered_reads(rendering, clocks)
     end_us = EPOCH_US + round(end_s * 1e6)
     if scenario.transport:  # a backlog delivered after the end is still delivered
@@ -1271,10 +1216,7 @@ def _seed_list(text: str) -> list[int]:
 
 def accuracy_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     runners: Sequence[str] = args.runner or tuple(RUNNERS)
-    _, correction = reader_clocks()
-    hooks = {name: hasattr(Engine, name) for name in ("progress", "source_down")}
-    report: dict[str, Any] = {"bench": "accuracy", "clock_correction": correction}
-    report["engine_hooks"] = hooks
+    report: dict[str, Any] = {"bench": "accuracy", "clock_correction": "ReaderClocks"}
     if args.set is None:
         if args.family or args.seeds or args.model:
             parser.error("--family, --seeds and --model go with --set")

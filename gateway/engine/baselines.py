@@ -85,7 +85,7 @@ class Baseline:
     def progress(self, source: str, time_us: int) -> None:
         """A reader is alive up to `time_us`: the baselines keep no event time (no-op)."""
 
-    def source_down(self, source: str, time_us: int | None = None) -> None:
+    def source_down(self, source: str) -> None:
         """A reader's connection was lost: the baselines do not hold departures (no-op)."""
 
     def flush(self) -> Step:
