@@ -315,7 +315,7 @@ def accuracy_of_scenario(
 
 
 def harsh_variant(raw: dict[str, Any], seed: int) -> dict[str, Any]:
-    """A harsher, unseen version of a scenario: read rate 0.6-0.9, sigma 3-5 dB, cross-reads
+    """A harsher version of a scenario: read rate 0.6-0.9, sigma 3-5 dB, cross-reads
     0.1-0.3 (8-12 dB down), strays, a new noise seed, and tags parked next to every portal
     (at its inside location, and at another on-site location when there is one) leaking
     stray reads onto both of its sides."""

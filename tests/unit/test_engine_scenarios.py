@@ -54,11 +54,10 @@ def test_shipped_scenarios_beat_both_baselines(path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [11, 12, 13])
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_harsher_unseen_variants_never_move_a_parked_tag(
-    path: Path, seed: int, tmp_path: Path
-) -> None:
+def test_harsher_variants_never_move_a_parked_tag(path: Path, seed: int, tmp_path: Path) -> None:
     """Read rate 0.6-0.9, sigma 3-5 dB, cross-reads, strays, and tags parked next to every
-    portal, with noise seeds never used while the rules were written."""
+    portal. (Seeds 11-13 were meant to be unseen, but a rule change fixed seed 13: they are
+    tuning data, in-sample; simulators/families.py has the frozen evaluation set.)"""
     raw = json.loads(path.read_text(encoding="utf-8"))
     variant = tmp_path / path.name
     variant.write_text(json.dumps(harsh_variant(raw, seed)), encoding="utf-8")
