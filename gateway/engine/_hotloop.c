@@ -117,7 +117,7 @@ fail:
 
 typedef struct {
     double alpha, iv_cap, decay, threshold, floor;
-    long long refresh, holdoff;
+    long long refresh, holdoff, gap;
     int present; /* a present tag's state names it (not offsite): refreshed while it stays */
 } LocNumbers;
 
@@ -136,7 +136,7 @@ static LocNumbers *take_locations(PyObject *engine, Py_ssize_t *count)
 {
     static const char *const names[] = {
         "_alpha", "_iv_cap", "_decay", "_threshold", "_floor", "_refresh", "_holdoff",
-        "_present_state",
+        "_present_state", "_gap",
     };
     enum { N = sizeof(names) / sizeof(names[0]) };
     PyObject *lists[N] = {NULL};
@@ -172,6 +172,7 @@ static LocNumbers *take_locations(PyObject *engine, Py_ssize_t *count)
         l->refresh = int_item(lists[5], k);
         l->holdoff = int_item(lists[6], k);
         l->present = PyList_GET_ITEM(lists[7], k) != Py_None;
+        l->gap = int_item(lists[8], k);
     }
     if (PyErr_Occurred()) {
         PyMem_Free(locs);
@@ -188,7 +189,7 @@ done:
 
 typedef struct {
     PyObject *engine, *step, *places, *index;
-    PyObject *slot, *challenge, *tentative_read, *refresh_state;
+    PyObject *slot, *challenge, *tentative_read, *refresh_state, *drop_stale;
     double min_rssi, margin;
     long long xr_window;
     LocNumbers *locs;
@@ -410,6 +411,16 @@ static int judge_one(Judge *j, PyObject *read)
         }
         const LocNumbers *cl = &j->locs[c];
         long long tc = t - a->t_cand[i];
+        if (tc > cl->gap) {
+            /* a stale challenger: no evidence any more (Engine._drop_stale) */
+            PyObject *args[] = {slot_obj};
+            PyObject *result = PyObject_Vectorcall(j->drop_stale, args, 1, NULL);
+            if (result == NULL)
+                goto done;
+            Py_DECREF(result);
+            read_here(a, i, here, t);
+            goto refresh;
+        }
         /* Read far more strongly elsewhere right now: a cross-read (see the Python loop). */
         double fade = tc <= cl->holdoff ? 0.0 : cl->decay * (double)(tc - cl->holdoff);
         if (tc <= j->xr_window && rssi < (double)a->s_cand[i] - fade - j->margin)
@@ -422,6 +433,7 @@ static int judge_one(Judge *j, PyObject *read)
             goto done;
         }
     }
+refresh:
     if (t - a->t_since[i] >= here->refresh && a->ev[i] == NO_EVIDENCE && here->present) {
         PyObject *args[] = {slot_obj, t_obj, j->step};
         PyObject *result = PyObject_Vectorcall(j->refresh_state, args, 3, NULL);
@@ -502,8 +514,9 @@ static PyObject *judge(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     j.challenge = get_method(j.engine, "_challenge");
     j.tentative_read = get_method(j.engine, "_tentative_read");
     j.refresh_state = get_method(j.engine, "_refresh_state");
+    j.drop_stale = get_method(j.engine, "_drop_stale");
     if (!j.places || !j.index || !j.slot || !j.challenge || !j.tentative_read ||
-        !j.refresh_state)
+        !j.refresh_state || !j.drop_stale)
         goto done;
     if (!PyDict_Check(j.places) || !PyDict_Check(j.index)) {
         PyErr_SetString(PyExc_TypeError, "Engine._places and _index must be dicts");
@@ -537,6 +550,7 @@ done:
     Py_XDECREF(j.challenge);
     Py_XDECREF(j.tentative_read);
     Py_XDECREF(j.refresh_state);
+    Py_XDECREF(j.drop_stale);
     return result;
 }
 

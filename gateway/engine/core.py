@@ -311,6 +311,7 @@ class Engine:
         self._holdoff = [loc.holdoff_us for loc in locs]
         self._decay = [loc.decay_per_us for loc in locs]
         self._floor = [loc.floor for loc in locs]
+        self._gap = [loc.gap_us for loc in locs]
         self._iv_cap = [
             (loc.departed_after_us or _IV_CAP_NEVER_DEPARTS_US) / (2 * _ROUNDS) for loc in locs
         ]
@@ -604,6 +605,8 @@ class Engine:
         decay = self._decay
         threshold = self._threshold
         floor_db = self._floor
+        gap = self._gap
+        drop_stale = self._drop_stale
         present_state = self._present_state
         epcs = self._epc
         states = step.states
@@ -679,6 +682,19 @@ class Engine:
                     v = iv[i]
                     iv[i] = g if v == 0.0 else v + iv_weight * (g - v)
                     t_cur[i] = t
+            elif t - t_cand[i] > gap[c]:
+                # A challenger no read has added to for its location's evidence gap is no
+                # evidence any more: dropped (it also held back the tag's state refresh).
+                drop_stale(i)
+                last_here = t_cur[i]
+                if t > last_here:
+                    # (Engine._read_here, inlined.)
+                    g = t - last_here
+                    if g > iv_cap[lid]:
+                        g = iv_cap[lid]
+                    v = iv[i]
+                    iv[i] = g if v == 0.0 else v + iv_weight * (g - v)
+                    t_cur[i] = t
             else:
                 tc = t - t_cand[i]
                 # Read far more strongly elsewhere right now (a stale challenger fades): a
@@ -736,6 +752,10 @@ class Engine:
                     set_last_seen(state, seen[i])
                     states.append(state)
         return unknown, weak, late, cross
+
+    def _drop_stale(self, i: int) -> None:
+        """Drop a challenger that no read has added to for its evidence gap (counted)."""
+        self._drop_evidence(i, "outvoted")
 
     def _refresh_state(self, i: int, t: int, step: Step) -> None:
         """Persist a fresh last_seen_us for a tag that stays where it is (nothing pending)."""

@@ -568,6 +568,9 @@ class Engine:
                 continue
             c = cand_a[i]
             holds = True
+            if c != NONE and t - t_cand[i] > locs[c].gap_us:
+                self._drop_evidence(i, "outvoted")  # stale: no evidence any more
+                c = NONE
             if c != NONE and t - t_cand[i] <= xr_window:
                 # Read far more strongly elsewhere right now (a stale challenger fades): a
                 # cross-read of where it was, not a sign it is still there. It counts toward

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable
 from types import SimpleNamespace as NS
@@ -612,3 +613,21 @@ def test_a_movement_is_dated_when_the_reads_show_it_happened() -> None:
     assert arrived.observed.last_seen_us >= T0 + 750_000  # type: ignore[union-attr]  # confirm_s
     assert moved.time_us == moved.observed.first_seen_us  # type: ignore[union-attr]
     assert T0 + 5_000_000 <= moved.time_us < moved.observed.last_seen_us  # type: ignore[union-attr]
+
+
+def test_a_stale_one_read_challenger_does_not_stop_state_refreshes() -> None:
+    """A parked tag read at A every 3 s gets one cross-read at B 2.5 s after an A read (past
+    the cross-read window: a one-read challenger). Its evidence used to stay "undecided" for
+    good, and the tag's persisted state stopped being refreshed: after a restart it came back
+    with an old last_seen_us. A challenger stale for its evidence gap is now dropped."""
+    engine = Engine(site())
+    reads = reads_at("zones", 1, 0, 90, every_s=3.0)
+    reads.append(TagRead(EPC, "zones", 2, -70.0, T0 + 5_500_000))
+    refreshed: list[int] = []
+    for read in sorted(reads, key=lambda r: r.time_us):
+        step = engine.feed([read], "zones")
+        refreshed += [s.last_seen_us for s in step.states if s.epc == EPC and s.present]
+    assert len(refreshed) >= 5, refreshed  # the old engine: none after the cross-read
+    gaps = [b - a for a, b in itertools.pairwise(refreshed)]
+    assert max(gaps) <= 16_000_000, gaps  # zone: refreshed every 15 s
+    assert refreshed[-1] >= T0 + 70_000_000
