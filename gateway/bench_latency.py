@@ -268,7 +268,8 @@ def goal_of(run: dict[str, Any], profiles: Profiles) -> dict[str, Any]:
         "per_profile": per_profile,
         "all_profiles_met": bool(per_profile) and all(p["met"] for p in per_profile.values()),
         "delivery": {
-            "what": "p99 of delivery (received_at - movement time), all scenario movements, "
+            "what": "p99 of delivery (received_at - decided, observed.last_seen), all scenario "
+            "movements, "
             "<= 0.25 s (reorder_window_s: only how far behind a reader may fall before it no "
             "longer holds the others back)",
             "reorder_window_s": profiles.reorder_window_s,
