@@ -61,6 +61,10 @@ class ReaderSpec:
     reads: Sequence[Read] = ()
     port: int = 0  # 0: an ephemeral port, see SimReader.port once started
     generator: Generator | None = None
+    # Reads kept while no client is inventorying (Impinj report buffering, Zebra FX "data
+    # protection": up to 66,000 messages) and sent, with their times, right after the next
+    # ROSpec starts; 0: dropped and counted, as a reader without buffering does.
+    buffer_reads: int = 0
 
 
 @dataclass(slots=True)
@@ -148,6 +152,7 @@ class SimReader:
         self.no_mode_table = False
         self.refuse_until = 0.0
         self._armed: dict[str, str | None] = {}  # one-shot fault -> kind
+        self._backlog: list[_ScriptedRead] = []  # buffered while no client inventoried
         self._add_reads_now(spec.reads)
 
     # --- public API (any thread) -------------------------------------------------------------
@@ -305,6 +310,9 @@ class SimReader:
     async def _deliver(self, due: list[_ScriptedRead]) -> None:
         session, rospec = self._reporting_target()
         if session is None or rospec is None:
+            if self.spec.buffer_reads:
+                self._buffer(due)
+                return
             if self.silent:
                 reason = "silent"
             elif session is None:
@@ -640,8 +648,24 @@ class SimReader:
             rospec.set_state(codec.ROSPEC_INACTIVE)
         return None
 
+    def _buffer(self, due: list[_ScriptedRead]) -> None:
+        room = max(0, self.spec.buffer_reads - len(self._backlog))
+        self._backlog.extend(due[:room])
+        self.stats["reads_buffered"] += min(room, len(due))
+        if len(due) > room:
+            self.stats["reads_dropped_buffer_full"] += len(due) - room
+
+    async def _send_backlog(self) -> None:
+        """What was buffered, oldest first, as a reader replays it after the ROSpec starts."""
+        backlog, self._backlog = self._backlog, []
+        self.stats["backlog_sent"] += len(backlog)
+        for start in range(0, len(backlog), MAX_TAGS_PER_REPORT):
+            await self._deliver(backlog[start : start + MAX_TAGS_PER_REPORT])
+
     def _activate(self, rospec: _ROSpec) -> None:
         rospec.set_state(codec.ROSPEC_ACTIVE)
+        if self._backlog:  # sent after this message's response, as a reader does
+            self._tasks.append(asyncio.get_running_loop().create_task(self._send_backlog()))
         info = rospec.info
         if info.stop_trigger == codec.STOP_TRIGGER_DURATION and info.stop_duration_ms > 0:
             loop = asyncio.get_running_loop()
