@@ -401,6 +401,15 @@ static int judge_one(Judge *j, PyObject *read)
     s = isnan(s) ? rssi : s + here->alpha * (rssi - s);
     a->s_cur[i] = (float)s;
     long long c = a->cand[i];
+    if (c != NONE_LOC && c >= 0 && c < j->n_locs && t - a->t_cand[i] > j->locs[c].gap) {
+        /* a stale challenger: no evidence any more (Engine._drop_stale) */
+        PyObject *args[] = {slot_obj};
+        PyObject *result = PyObject_Vectorcall(j->drop_stale, args, 1, NULL);
+        if (result == NULL)
+            goto done;
+        Py_DECREF(result);
+        c = NONE_LOC;
+    }
     if (c == NONE_LOC) {
         read_here(a, i, here, t);
     }
@@ -411,16 +420,6 @@ static int judge_one(Judge *j, PyObject *read)
         }
         const LocNumbers *cl = &j->locs[c];
         long long tc = t - a->t_cand[i];
-        if (tc > cl->gap) {
-            /* a stale challenger: no evidence any more (Engine._drop_stale) */
-            PyObject *args[] = {slot_obj};
-            PyObject *result = PyObject_Vectorcall(j->drop_stale, args, 1, NULL);
-            if (result == NULL)
-                goto done;
-            Py_DECREF(result);
-            read_here(a, i, here, t);
-            goto refresh;
-        }
         /* Read far more strongly elsewhere right now: a cross-read (see the Python loop). */
         double fade = tc <= cl->holdoff ? 0.0 : cl->decay * (double)(tc - cl->holdoff);
         if (tc <= j->xr_window && rssi < (double)a->s_cand[i] - fade - j->margin)
@@ -433,7 +432,6 @@ static int judge_one(Judge *j, PyObject *read)
             goto done;
         }
     }
-refresh:
     if (t - a->t_since[i] >= here->refresh && a->ev[i] == NO_EVIDENCE && here->present) {
         PyObject *args[] = {slot_obj, t_obj, j->step};
         PyObject *result = PyObject_Vectorcall(j->refresh_state, args, 3, NULL);

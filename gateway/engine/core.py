@@ -672,24 +672,16 @@ class Engine:
             s = rssi if s != s else s + alpha[lid] * (rssi - s)
             s_cur[i] = s
             c = cand_a[i]
+            if c != NONE and t - t_cand[i] > gap[c]:
+                # A challenger no read has added to for its location's evidence gap is no
+                # evidence any more: dropped (it also held back the tag's state refresh).
+                drop_stale(i)
+                c = NONE
             if c == NONE:
                 last_here = t_cur[i]
                 if t > last_here:
                     # (Engine._read_here, inlined.)
                     g: float = t - last_here
-                    if g > iv_cap[lid]:
-                        g = iv_cap[lid]
-                    v = iv[i]
-                    iv[i] = g if v == 0.0 else v + iv_weight * (g - v)
-                    t_cur[i] = t
-            elif t - t_cand[i] > gap[c]:
-                # A challenger no read has added to for its location's evidence gap is no
-                # evidence any more: dropped (it also held back the tag's state refresh).
-                drop_stale(i)
-                last_here = t_cur[i]
-                if t > last_here:
-                    # (Engine._read_here, inlined.)
-                    g = t - last_here
                     if g > iv_cap[lid]:
                         g = iv_cap[lid]
                     v = iv[i]
