@@ -5,11 +5,11 @@ and the IMS's output."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from tests.support.helpers import sgtin96
+from tools.simsite import outbox_depth as outbox_depth  # one copy: the chaos site's
 
 ZONE_READER = """
 [[readers]]
@@ -38,19 +38,6 @@ def write_zone_capture(path: Path, n_epcs: int, per_second: int, reads_each: int
                 + "\n"
             )
     return epcs
-
-
-def outbox_depth(state_dir: Path) -> int:
-    path = state_dir / "outbox.db"
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        db.close()
 
 
 def movements(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
