@@ -2,7 +2,7 @@
 
 One driver instance polls one device (its own asyncio task, so a slow or dead device never
 delays another) through pymodbus 3.16's async client, following a register map
-(drivers/modbus_map.py, config/equipment/*.toml). It reports to the sink:
+(drivers/modbus_map.py, drivers/maps/*.toml). It reports to the sink:
 
 - equipment events (`DeviceEvent(kind="equipment")`), on change only, plus a full status every
   `status_every_s`; the `data` shapes are documented in docs/equipment.md;

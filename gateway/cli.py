@@ -31,13 +31,13 @@ SIMULATORS = {
 BENCHES = {
     "outbox": "gateway.bench:outbox_main",
     "drain": "gateway.bench:drain_main",
-    "engine": "gateway.bench_engine:main",
-    "accuracy": "gateway.bench_engine:main",
-    "llrp": "gateway.bench_llrp:main",
+    "engine": "gateway.bench.engine:main",
+    "accuracy": "gateway.bench.engine:main",
+    "llrp": "gateway.bench.llrp:main",
     "memory": "gateway.bench:memory_main",
     "reduction": "gateway.bench:reduction_main",
     "pipeline": "gateway.bench:pipeline_main",
-    "latency": "gateway.bench_latency:main",
+    "latency": "gateway.bench.latency:main",
     "all": "gateway.bench:all_main",
 }
 

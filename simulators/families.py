@@ -21,7 +21,7 @@ long-run rate matches the family's where a rate of at most 1 allows it).
   reconnect;
 * `dock-door`: pallets through a receiving door to the dock, then to staging, tags parked on the
   dock leaking strays onto the door (the outside finding was with the bursty model);
-* `harsh`: the shipped scenarios, harshened as `gateway.bench_engine.harsh_variant` does (the
+* `harsh`: the shipped scenarios, harshened as `gateway.bench.engine.harsh_variant` does (the
   variant the engine's rules were checked on, with seeds never used then).
 
 The seed sets are defined once, here (SEED_SETS); `fc-edge bench accuracy --set NAME` runs every
@@ -436,7 +436,7 @@ def variant(
 ) -> dict[str, Any]:
     """One instance of a family as a scenario dict. The same (family, seed, model) always gives
     the same scenario; the two models of one seed share the layout and timing (only the noise
-    differs). `harsh` needs `harden` (gateway.bench_engine.harsh_variant) and the shipped
+    differs). `harsh` needs `harden` (gateway.bench.engine.harsh_variant) and the shipped
     scenarios to harden (one per seed, in turn)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r} (known: {', '.join(MODELS)})")

@@ -7,7 +7,7 @@ part real and its own process where the gateway would meet it in production:
   over their stdin (faults);
 * the TSL handheld simulator (in this process: its TCP transport can then be made to vanish at
   the moment a test chooses), doing a cycle count every few seconds;
-* one gateway config merged from all of them by gateway/demo.py's own functions.
+* one gateway config merged from all of them by gateway/demo/'s own functions.
 
 Plus what the tests read: /metrics and /readyz, the outbox (read-only), /proc of the daemon.
 """

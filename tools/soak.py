@@ -9,7 +9,7 @@ What runs: a mosquitto of its own; N simulated LLRP readers (the LLRP simulator'
 EPCs a second (arrivals, and departures 30 s later: steady movements and engine churn); a
 conveyor PLC and a robot cell (`fc-edge simulate modbus`, the robot moving every second); a TSL
 handheld counting the store floor every 6 s; `fc-edge run` on one config merged with
-gateway/demo.py's functions; `fc-edge listen` as the IMS.
+gateway/demo/'s functions; `fc-edge listen` as the IMS.
 
 Every `--sample-s` seconds it samples the daemon's RSS (/proc/PID/status VmRSS) and open file
 descriptors (/proc/PID/fd), the outbox depth and the read/appended/acked counters (/metrics).

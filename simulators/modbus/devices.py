@@ -1,7 +1,7 @@
 """Scripted Modbus devices: a conveyor, a PackML machine and a robot cell.
 
 Each device owns a register image (coils, discrete inputs, holding and input registers) laid
-out like the shipped map of the same name (config/equipment/*.toml). The layouts below are
+out like the shipped map of the same name (drivers/maps/*.toml). The layouts below are
 written out here on purpose, with the simulator's own encoders: the simulator never imports
 the driver's map code, so a decoding bug in the driver cannot cancel itself out in a test.
 

@@ -541,7 +541,7 @@ def test_capture_error_response_decodes_as_failure() -> None:
 
 
 def test_bench_offline_json(capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway import bench_llrp
+    from gateway.bench import llrp as bench_llrp
 
     assert bench_llrp.main(["--json", "--no-tcp", "--tags", "3000"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -553,7 +553,7 @@ def test_bench_offline_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bench_driver_takes_a_sink() -> None:
-    from gateway.bench_llrp import bench_driver, encode_reports
+    from gateway.bench.llrp import bench_driver, encode_reports
 
     sink = RecordingSink()
     result = bench_driver(encode_reports(500, 50), sink)
@@ -563,7 +563,7 @@ def test_bench_driver_takes_a_sink() -> None:
 
 @pytest.mark.slow
 def test_bench_over_tcp() -> None:
-    from gateway.bench_llrp import bench_tcp
+    from gateway.bench.llrp import bench_tcp
 
     result = bench_tcp(1.0, 100, warmup_s=0.5)
     assert result["tags"] > 0 and result["reconnects"] == 0

@@ -31,7 +31,7 @@ from simulators.modbus import (
 from tests.support.helpers import RecordingSink, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-MAPS = ROOT / "config" / "equipment"
+MAPS = ROOT / "drivers" / "maps"
 STATIONS = {"1": "DOCK-01", "2": "PICK-A", "3": "PACK-01", "4": "SHIP-01"}
 CURSOR = "modbus:{}:ack_seq"
 

@@ -43,13 +43,13 @@ def words_of(fmt: str, value: Any) -> list[int]:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_maps_load(name: str) -> None:
-    m = load_map(ROOT / "config" / "equipment" / f"{name}.toml")
+    m = load_map(ROOT / "drivers" / "maps" / f"{name}.toml")
     assert m.heartbeat is not None
     assert m.points
 
 
 def test_packml_map_has_every_state_code() -> None:
-    m = load_map(ROOT / "config/equipment/packml.toml")
+    m = load_map(ROOT / "drivers/maps/packml.toml")
     names = m.points["state"].enum
     assert names is not None
     assert sorted(names) == list(range(18))
@@ -59,7 +59,7 @@ def test_packml_map_has_every_state_code() -> None:
 
 
 def test_robot_map_handshake() -> None:
-    m = load_map(ROOT / "config/equipment/robot.toml")
+    m = load_map(ROOT / "drivers/maps/robot.toml")
     hs = m.handshake
     assert hs is not None
     assert {hs.flag, hs.seq, hs.ack, hs.epc, hs.tote, hs.from_station, hs.to_station} <= set(
@@ -69,7 +69,7 @@ def test_robot_map_handshake() -> None:
 
 
 def test_conveyor_map_reads_coalesce() -> None:
-    m = load_map(ROOT / "config/equipment/conveyor.toml")
+    m = load_map(ROOT / "drivers/maps/conveyor.toml")
     blocks = plan_reads(list(m.points.values()))
     # zones 0-3 in one read, ConveyStop alone, 20-25 in one read, the heartbeat bit alone
     assert [(b.kind, b.address, b.count) for b in blocks] == [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import bench_latency
+from gateway.bench import latency as bench_latency
 from simulators.scenario import find_scenario
 
 

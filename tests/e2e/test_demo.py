@@ -165,6 +165,62 @@ def test_watch_reads_the_ims_output_and_the_live_view_renders(tmp_path: Path) ->
     shutil.rmtree(d.workdir)
 
 
+# Runs `fc-edge demo ARGS` in a fresh interpreter where rich cannot be imported (as after a plain
+# `pip install fc-edge`, without the demo extra): a finder first on sys.meta_path refuses it.
+WITHOUT_RICH = """
+import sys
+
+class NoRich:
+    def find_spec(self, name, path=None, target=None):
+        if name == "rich" or name.startswith("rich."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoRich())
+from gateway.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_demo_without_rich_says_how_to_install_it_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_RICH, "demo", "--no-tty", "--duration-s", "15"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "fc-edge demo: needs rich, the demo's optional extra: pip install 'fc-edge[demo]'"
+    ]
+    assert not list(tmp_path.iterdir()), "nothing started, nothing written"
+
+
+def test_demo_help_works_without_rich() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_RICH, "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: fc-edge demo" in done.stdout
+
+
+def test_the_files_the_demo_reads_are_package_data() -> None:
+    """What `fc-edge demo` reads from beside its code must ship in the wheel (pyproject.toml's
+    package-data): the LLRP site scenario and the Modbus maps of its conveyor and robot."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = setuptools["package-data"]
+    for path in (demo.SITE_SCENARIO, demo.EQUIPMENT_MAPS / "conveyor.toml",
+                 demo.EQUIPMENT_MAPS / "robot.toml"):  # fmt: skip
+        assert path.is_file(), path
+        package, rel = path.relative_to(ROOT).parts[0], path.relative_to(ROOT).parts[1:]
+        assert any(Path(*rel).match(glob) for glob in data.get(package, [])), path
+
+
 # --- the whole demo, real processes ------------------------------------------------------------
 
 

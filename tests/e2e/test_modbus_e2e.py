@@ -33,7 +33,7 @@ name = "{name}"
 driver = "modbus"
 host = "127.0.0.1"
 port = {port}
-map = "{ROOT}/config/equipment/{kind}.toml"
+map = "{ROOT}/drivers/maps/{kind}.toml"
 interval_s = 0.1
 stale_after_s = 3
 {stations}

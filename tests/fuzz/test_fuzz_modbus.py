@@ -34,7 +34,7 @@ from tests.support.strategies import toml_values
 
 FILES = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "config" / "equipment").glob("*.toml"))
+SHIPPED = sorted((ROOT / "drivers" / "maps").glob("*.toml"))
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 
 TYPES = ["uint16", "int16", "uint32", "int32", "float32", "bool", "bitfield", "string"]

@@ -99,7 +99,7 @@ def test_a_failing_child_is_reported_not_fatal() -> None:
 def test_engine_bench_says_which_hot_loop_ran(
     capsys: pytest.CaptureFixture[str], loop: str, hot_loop: str
 ) -> None:
-    from gateway import bench_engine
+    from gateway.bench import engine as bench_engine
 
     argv = ["engine", "--json", "--tags", "2000", "--reads", "4000", "--runs", "1"]
     doc = run_json(capsys, bench_engine.main, [*argv, "--memory-tags", "2000", "--loop", loop])

@@ -1,4 +1,4 @@
-"""The engine bench's steady-state workload (`fc-edge bench engine`, gateway.bench_engine
+"""The engine bench's steady-state workload (`fc-edge bench engine`, gateway.bench.engine
 SteadySite) really does what a site does at steady state: ticks, KEEPALIVEs, arrivals,
 moves, departures by absence, evictions at the cap, forgetting and refreshes of persisted
 states. Small sizes; nothing here asserts on speed."""
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from gateway import bench_engine
+from gateway.bench import engine as bench_engine
 
 
 def test_the_steady_state_ticks_departs_evicts_forgets_and_refreshes() -> None:

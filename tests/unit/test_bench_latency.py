@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway import bench, bench_latency, cli
-from gateway.bench_latency import (
+from gateway import bench, cli
+from gateway.bench import latency as bench_latency
+from gateway.bench.latency import (
     Profiles,
     cut_scenario,
     goal_of,
@@ -146,9 +147,9 @@ def test_nothing_matched_meets_no_goal() -> None:
 
 def test_latency_is_registered_with_the_benches() -> None:
     assert bench.MAINS["latency"] is bench.latency_main
-    assert cli.BENCHES["latency"] == "gateway.bench_latency:main"
+    assert cli.BENCHES["latency"] == "gateway.bench.latency:main"
     target, full, quick = bench.ALL["latency"]
-    assert target == "gateway.bench_latency:main" and full == ["--json"] and quick is None
+    assert target == "gateway.bench.latency:main" and full == ["--json"] and quick is None
     assert bench_latency.main is not None
     doc = {
         "loaded": {

@@ -1,7 +1,7 @@
 """The honest evaluation's simulator and bench (issue #13 item 4): the second, bursty noise
 model (simulators/bursty.py), reader transport (clock offsets, delivery delays, outages), the
 scenario families with their seed split (simulators/families.py) and the accuracy bench
-delivering reads the way the gateway receives them (gateway/bench_engine.py)."""
+delivering reads the way the gateway receives them (gateway/bench/engine.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway import bench_engine as be
+from gateway.bench import engine as be
 from gateway.engine.clock import ReaderClocks
 from gateway.model import TagRead
 from simulators import families as fam

@@ -162,7 +162,7 @@ def bench_tcp(
     counting = CountingSink()
     target: Sink = counting if sink is None else _Tee(counting, sink)
     child = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-        [sys.executable, "-m", "gateway.bench_llrp", "--serve-generator", str(tags_per_report)],
+        [sys.executable, "-m", "gateway.bench.llrp", "--serve-generator", str(tags_per_report)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},

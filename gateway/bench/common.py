@@ -1,6 +1,6 @@
 """What every benchmark shares: the machine it ran on, a scratch folder, one JSON document out,
 and the child processes it measures. A leaf: the bench modules import it, it imports none of
-them (gateway.bench, gateway.bench_engine and gateway.bench_latency used to import each other).
+them (gateway.bench, gateway.bench.engine and gateway.bench.latency used to import each other).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def machine() -> dict[str, Any]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.bench_common import (
+from gateway.bench.common import (
     ROOT,
     _cpu_s,
     _loadavg,
@@ -513,8 +513,8 @@ def bench_reduction(scenario_name: str = "dock-receive") -> dict[str, Any]:
     built from the gateway config the scenario writes, in 50 ms batches with 250 ms ticks (the
     accuracy bench's replay). The floor is what a naive gateway sends: one message per read;
     the last-antenna-wins baseline shows what smoothing buys on the same reads."""
-    from gateway.bench_engine import EPOCH_US as T0
-    from gateway.bench_engine import replay, scenario_config, scenario_reads
+    from gateway.bench.engine import EPOCH_US as T0
+    from gateway.bench.engine import replay, scenario_config, scenario_reads
     from gateway.engine import Engine
     from gateway.engine.baselines import LastAntennaWins
     from gateway.score import score
@@ -882,7 +882,7 @@ def bench_pipeline(
 ) -> dict[str, Any]:
     """Offered rate ramped until the gateway no longer keeps up (reads/s below 95 % of offered,
     or the outbox growing); the floor is sllurp's decode-only rate on 100-tag reports."""
-    from gateway.bench_llrp import bench_sllurp_decode, encode_reports
+    from gateway.bench.llrp import bench_sllurp_decode, encode_reports
     from gateway.demo import start_broker
 
     doc: dict[str, Any] = {
@@ -966,7 +966,7 @@ ALL: dict[str, tuple[str, list[str], list[str] | None]] = {
     "outbox": ("gateway.bench:outbox_main", ["--json"], ["--json", "--quick"]),
     "drain": ("gateway.bench:drain_main", ["--json"], ["--json", "--quick", "--messages", "10000"]),
     "engine": (
-        "gateway.bench_engine:main",
+        "gateway.bench.engine:main",
         ["engine", "--json"],
         [
             "engine",
@@ -982,7 +982,7 @@ ALL: dict[str, tuple[str, list[str], list[str] | None]] = {
         ],
     ),
     "llrp": (
-        "gateway.bench_llrp:main",
+        "gateway.bench.llrp:main",
         ["--json"],
         ["--json", "--tags", "50000", "--tags-per-report", "100", "--tcp-seconds", "2"],
     ),
@@ -992,7 +992,7 @@ ALL: dict[str, tuple[str, list[str], list[str] | None]] = {
     "pipeline": ("gateway.bench:pipeline_main", ["--json"], None),
     # Two real-time plays of a scenario (with and without load): minutes, full runs only (or
     # `python -m gateway.bench latency --quick`, about two minutes).
-    "latency": ("gateway.bench_latency:main", ["--json"], None),
+    "latency": ("gateway.bench.latency:main", ["--json"], None),
 }
 
 
@@ -1171,7 +1171,7 @@ def all_main(argv: list[str] | None = None) -> int:
 
 
 def latency_main(argv: list[str] | None = None) -> int:
-    from gateway.bench_latency import main as latency
+    from gateway.bench.latency import main as latency
 
     return latency(argv)
 
@@ -1199,7 +1199,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 64
     return MAINS[argv[0]](argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -43,10 +43,15 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-ROOT = Path(__file__).resolve().parent.parent
+# Where the gateway, drivers and simulators packages are: the checkout, or site-packages in an
+# installed wheel. Everything the demo reads is package data found from here (pyproject.toml).
+ROOT = Path(__file__).resolve().parents[2]
 SITE_SCENARIO = ROOT / "simulators" / "scenarios" / "demo-site.json"
-EQUIPMENT_MAPS = ROOT / "config" / "equipment"
+EQUIPMENT_MAPS = ROOT / "drivers" / "maps"
+# Not package data: a file for operators, in the source tree only (named either way).
 GRAFANA_DASHBOARD = ROOT / "config" / "grafana" / "fc-edge.json"
+GRAFANA_SOURCE = "config/grafana/fc-edge.json in the fc-edge source tree"
+INSTALL_RICH = "pip install 'fc-edge[demo]'"
 GATEWAY_ID = "gw-demo"
 IMS_CLIENT_ID = "fc-edge-demo-ims"
 LISTEN_STREAMS = "movements,counts,equipment,dropped"
@@ -334,7 +339,7 @@ def handheld_scenario(plan: Plan, start_delay_s: float) -> dict[str, Any]:
             {"at": round(at + 0.5, 2), "do": "pull", "hold_s": 1.5, "tags": ["shelf"]},
         ]
     return {
-        "description": "fc-edge demo: cycle counts of the store floor (written by gateway/demo.py)",
+        "description": "fc-edge demo: cycle counts of the store floor (written by gateway/demo)",
         "round_s": 0.2,
         "start": "first_command",
         "seed": 7,
@@ -1020,7 +1025,8 @@ class Demo:
         lines.append(
             f"  the logs             {self.log_dir}/  (gateway.log, listen.out = what the IMS got)"
         )
-        lines.append(f"  Grafana dashboard    {GRAFANA_DASHBOARD}")
+        dashboard = GRAFANA_DASHBOARD if GRAFANA_DASHBOARD.exists() else GRAFANA_SOURCE
+        lines.append(f"  Grafana dashboard    {dashboard}")
         lines.append("  run your own         fc-edge run -c config/example.toml   (README.md)")
         if interrupted:
             lines.insert(0, "interrupted: every child process stopped")
@@ -1190,8 +1196,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def rich_missing() -> str | None:
+    """Why the demo cannot run without rich (an optional extra: only the demo uses it), or None."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return f"fc-edge demo: needs rich, the demo's optional extra: {INSTALL_RICH}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # --help works without rich
+    missing = rich_missing()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 1
     demo = Demo(args)
     interrupted = False
     try:

@@ -1307,7 +1307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "accuracy":
         return accuracy_main(args, parser)
     sizes = [int(x) for x in args.tags.split(",") if x]
-    from gateway.bench_common import _loadavg, machine
+    from gateway.bench.common import _loadavg, machine
 
     report: dict[str, Any] = {"bench": "engine", "machine": machine()}
     engine_class = PythonLoopEngine if args.loop == "python" else Engine
