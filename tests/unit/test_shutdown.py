@@ -22,7 +22,9 @@ def test_a_hung_shutdown_exits_70_and_shows_where_each_thread_was() -> None:
             await asyncio.Event().wait()
 
         loop = asyncio.new_event_loop()
-        loop.create_task(awaiting_what_never_comes(), name="ingest")
+        # (held, as the pipeline holds its tasks: a task only the loop's weak set knows of is
+        # garbage once collected, and then there is nothing to list)
+        task = loop.create_task(awaiting_what_never_comes(), name="ingest")
         threading.Thread(target=loop.run_forever, daemon=True).start()
         threading.Thread(target=stuck_in_a_device_library, daemon=True).start()
         time.sleep(0.2)
