@@ -44,7 +44,10 @@ def test_latency_bench_reports_sane_figures_under_light_load(
         assert run["truth"] == 200, run
         assert run["recall"] >= 0.9 and run["precision"] >= 0.9, run
         total = run["latency_s"]["all"]["total"]
-        assert total["p99"] >= total["p50"] >= 0, total
+        # (A crossing can be decided, and even received, before the truth's step has ended:
+        # total may be negative. Total is decision plus a delivery that is never negative.)
+        decision = run["latency_s"]["all"]["decision"]
+        assert total["p99"] >= total["p50"] >= decision["p50"], (total, decision)
         assert total["max"] >= total["p99"]
         delivery = run["latency_s"]["all"]["delivery"]
         # Nothing reaches the IMS before the read that decided it (its reader time).
