@@ -5,7 +5,7 @@ and evidence; persisted tag states; resume floors; suppression, movement and evi
 
 * **Golden file** (`engine_golden.json.gz`): the movements (type, epc, from, to, time, via) the
   engine made before the speed work on every shipped scenario and on harsh variants of each
-  (`gateway.bench_engine.harsh_variant`, seeds 11 and 13). Regenerate only for an intended
+  (`gateway.bench.engine.harsh_variant`, seeds 11 and 13). Regenerate only for an intended
   change of behaviour: `.venv/bin/python -m tests.unit.test_engine_golden`.
 * **Reference engine** (`tests/support/engine_reference.py`, a copy of core.py before the speed
   work, with the rule changes since): the same inputs, a synthetic site with eviction, and
@@ -29,7 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.bench_engine import (
+from gateway.bench.engine import (
     EPOCH_US,
     _population_reads,
     _site,

@@ -1,5 +1,5 @@
 """End to end: shipped scenarios through the engine, scored against their truth
-(gateway.bench_engine, the same code as `fc-edge bench accuracy`)."""
+(gateway.bench.engine, the same code as `fc-edge bench accuracy`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.bench_engine import accuracy_of, harsh_variant, shipped_scenarios
+from gateway.bench.engine import accuracy_of, harsh_variant, shipped_scenarios
 
 SHIPPED = shipped_scenarios()
 
