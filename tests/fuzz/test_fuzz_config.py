@@ -46,7 +46,7 @@ port = "/dev/ttyUSB0"
 name = "sorter-1"
 driver = "modbus"
 host = "127.0.0.1"
-map = "equipment/packml.toml"
+map = "../drivers/maps/packml.toml"
 """
 
 
