@@ -904,6 +904,11 @@ class Demo:
             self.watch.poll()
             last_seq = (self.watch.ready.get("outbox") or {}).get("last_seq", {})
             if self.watch.depth == 0 and self._caught_up(last_seq):
+                o = self.outage
+                if o.ended_at is not None and o.drained_at is None:
+                    # Traffic went on until the end, so no poll of the run saw the outbox at
+                    # exactly 0 (every message had a successor in flight): it drained by now.
+                    o.drained_at = time.monotonic()
                 return
             time.sleep(0.25)
 

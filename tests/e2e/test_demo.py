@@ -252,7 +252,7 @@ def test_demo_30s_counts_every_movement_through_a_broker_outage() -> None:
     assert s["movements_total"] == sum(movements.values()) > 50
     assert s["equipment_events"] > 0, "the conveyor PLC and the robot cell report"
     assert s["outage"]["observed"] and s["outage"]["max_outbox_depth"] > 0, s["outage"]
-    assert s["drained"] is True and s["outbox_depth_at_end"] == 0
+    assert s["drained"] is True and s["outbox_depth_at_end"] == 0, (s, out[-3000:])
     assert s["lost"] == {}, "messages the outbox handed out never reached the IMS"
     assert s["gaps"] == 0, (
         f"listen saw {s['gaps']} seq gaps, {s['gaps_filled_later']} of them filled later: "
