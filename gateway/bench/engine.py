@@ -76,6 +76,18 @@ class _Runner(Protocol):
 # --- accuracy ---------------------------------------------------------------------------------
 
 
+def _rates(rate: float, floor: float, cpu_rate: float, cpu_floor: float) -> dict[str, Any]:
+    """A speed figure with the floor measured in the same run, wall and CPU time alike."""
+    return {
+        "reads_per_s": round(rate),
+        "floor_reads_per_s": round(floor),
+        "ratio_to_floor": round(rate / floor, 4),
+        "cpu_reads_per_s": round(cpu_rate),
+        "cpu_floor_reads_per_s": round(cpu_floor),
+        "cpu_ratio_to_floor": round(cpu_rate / cpu_floor, 4),
+    }
+
+
 def scenario_config(scenario: Any) -> EngineConfig:
     """The EngineConfig of the gateway config the scenario derives (replay driver: the config
     loader needs a driver it can import; the engine only needs the antennas)."""
@@ -652,12 +664,7 @@ def speed(
         "reads_per_run": n_reads,
         "reader_time_reads_per_s": reader_rate,
         "runs": runs,
-        "reads_per_s": round(rate),
-        "floor_reads_per_s": round(floor),
-        "ratio_to_floor": round(rate / floor, 4),
-        "cpu_reads_per_s": round(cpu_rate),
-        "cpu_floor_reads_per_s": round(cpu_floor),
-        "cpu_ratio_to_floor": round(cpu_rate / cpu_floor, 4),
+        **_rates(rate, floor, cpu_rate, cpu_floor),
         "movements": dict(engine.movement_counts),
     }
 
@@ -1163,12 +1170,7 @@ def steady_state(
         "reader_time_reads_per_s": reader_rate,
         "reader_time_s": round(totals.get("reads", 0) / reader_rate, 3),
         "runs": runs,
-        "reads_per_s": round(rate),
-        "floor_reads_per_s": round(floor),
-        "ratio_to_floor": round(rate / floor, 4),
-        "cpu_reads_per_s": round(cpu_rate),
-        "cpu_floor_reads_per_s": round(cpu_floor),
-        "cpu_ratio_to_floor": round(cpu_rate / cpu_floor, 4),
+        **_rates(rate, floor, cpu_rate, cpu_floor),
         # Every run's reads over every run's CPU time: the rare work (an eviction burst every
         # few seconds of reader time) weighed in, which the median of the runs may leave out.
         "cpu_reads_per_s_all_runs": round(all_cpu),
