@@ -67,7 +67,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway import logs
-    from gateway.pipeline import run_gateway
+    from gateway.daemon import run_gateway
 
     logs.setup(
         args.log_level, json_lines=None if args.log_format == "auto" else args.log_format == "json"

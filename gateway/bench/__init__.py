@@ -281,14 +281,15 @@ def _bench_settings(state_dir: Path, broker_url: str, window: int, client_id: st
 
 
 async def _drain_with_pipeline(settings: Any, total: int, timeout_s: float) -> dict[str, float]:
-    """Open a real Pipeline on the filled outbox and run its own publish and ack loops (no
+    """Open a real Gateway on the filled outbox and run its own publish and ack loops (no
     drivers, no ingest) until every row is acknowledged by the broker and deleted."""
-    from gateway.pipeline import Pipeline
+    from gateway.daemon import Gateway
 
-    pipeline = Pipeline(settings)
-    await pipeline.open()
-    publisher, outbox = pipeline.publisher, pipeline.outbox
-    assert publisher is not None and outbox is not None
+    gateway = Gateway(settings)
+    await gateway.open()
+    delivery, store = gateway.delivery, gateway.store
+    assert delivery is not None
+    publisher, outbox = delivery.publisher, store.outbox
     tasks: list[asyncio.Task[None]] = []
     try:
         deadline = time.monotonic() + 30
@@ -300,10 +301,10 @@ async def _drain_with_pipeline(settings: Any, total: int, timeout_s: float) -> d
             await asyncio.sleep(0.005)
         wall0, cpu0 = time.perf_counter(), time.process_time()
         tasks = [
-            asyncio.create_task(pipeline._publish_loop(), name="publish"),
-            asyncio.create_task(pipeline._ack_loop(), name="ack"),
+            asyncio.create_task(delivery.publish_loop(), name="publish"),
+            asyncio.create_task(delivery.ack_loop(), name="ack"),
         ]
-        pipeline._publish_wake.set()
+        delivery.wake()
         deadline = time.monotonic() + timeout_s
         while outbox.acked < total:
             for task in tasks:
@@ -314,7 +315,7 @@ async def _drain_with_pipeline(settings: Any, total: int, timeout_s: float) -> d
                 raise RuntimeError(f"drain incomplete after {timeout_s} s: {outbox.acked}/{total}")
             await asyncio.sleep(0.005)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        depth = await pipeline._db(lambda: outbox.stats().depth)
+        depth = await store.call(lambda: outbox.stats().depth)
         return {
             "messages": outbox.acked,
             "wall_s": round(wall, 3),
@@ -326,9 +327,8 @@ async def _drain_with_pipeline(settings: Any, total: int, timeout_s: float) -> d
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(publisher.stop)
-        await pipeline._db(outbox.close)
-        pipeline._db_thread.shutdown(wait=True)
+        await delivery.stop()
+        await store.close()
 
 
 def drain_floor(
@@ -410,8 +410,8 @@ def bench_drain(total: int, runs: int, window: int, base: str | None = None) -> 
             "runs": runs,
             "window": window,
             "protocol": "MQTT 5, QoS 1, loopback mosquitto (persistence off, no subscriber)",
-            "pipeline": "real Pipeline: Outbox.lease/ack on the outbox thread, Publisher, "
-            "_publish_loop + _ack_loop (no drivers)",
+            "pipeline": "real Gateway delivery: Outbox.lease/ack on the outbox thread, Publisher, "
+            "publish_loop + ack_loop (no drivers)",
             "floor": "raw paho, same payloads and topics, max_inflight = window, publish() "
             "gated by a window-sized semaphore released in on_publish",
         },

@@ -1,4 +1,4 @@
-"""The delivery path of a running pipeline, in process, against a real mosquitto and a real
+"""The delivery path of a running gateway, in process, against a real mosquitto and a real
 outbox (SQLite):
 
 - paho refusing to queue a publish (every MQTT packet id taken: the in-flight window at its
@@ -27,9 +27,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.base import DeviceEvent, DriverHealth
 from gateway import config
+from gateway.daemon import Gateway
+from gateway.ingest import GatewaySink
 from gateway.model import Outgoing, now_us
 from gateway.outbox import Outbox
-from gateway.pipeline import Pipeline
+from gateway.publisher import Publisher
 
 
 def free_port() -> int:
@@ -85,32 +87,45 @@ async def until(
         await asyncio.sleep(0.05)
 
 
-def state_of(pipeline: Pipeline) -> dict[str, Any]:
-    publisher, outbox = pipeline.publisher, pipeline.outbox
+def publisher_and_outbox(gateway: Gateway) -> tuple[Publisher, Outbox]:
+    assert gateway.delivery is not None
+    return gateway.delivery.publisher, gateway.store.outbox
+
+
+def sink_of(gateway: Gateway) -> GatewaySink:
+    assert gateway.ingest is not None
+    return gateway.ingest.sink
+
+
+def state_of(gateway: Gateway) -> dict[str, Any]:
+    publisher = gateway.delivery.publisher if gateway.delivery else None
+    stats = gateway.store.stats()
     return {
         "connected": publisher and publisher.connected,
         "in_flight": publisher and publisher.in_flight,
         "last_error": publisher and publisher.last_error,
-        "outbox": outbox and outbox.stats().to_json(),
-        "refused": refused(pipeline),
+        "outbox": stats and stats.to_json(),
+        "refused": refused(gateway),
     }
 
 
-async def with_pipeline(
-    path: Path, body: Callable[[Pipeline, asyncio.Task[None]], Awaitable[None]]
+def connected(gateway: Gateway) -> bool:
+    return gateway.delivery is not None and gateway.delivery.publisher.connected
+
+
+async def with_gateway(
+    path: Path, body: Callable[[Gateway, asyncio.Task[None]], Awaitable[None]]
 ) -> None:
-    """Run a real pipeline on this loop while `body` works with it; then stop it cleanly."""
-    pipeline = Pipeline(config.load(path))
+    """Run a real gateway on this loop while `body` works with it; then stop it cleanly."""
+    gateway = Gateway(config.load(path))
     stop = asyncio.Event()
-    task = asyncio.create_task(pipeline.run(stop))
+    task = asyncio.create_task(gateway.run(stop))
     try:
-        await until(
-            lambda: pipeline.publisher is not None and pipeline.publisher.connected, 20, "MQTT"
-        )
-        await body(pipeline, task)
+        await until(lambda: connected(gateway), 20, "MQTT")
+        await body(gateway, task)
     finally:
         stop.set()
-        await asyncio.wait_for(asyncio.shield(task), 60)  # re-raises what ended the pipeline
+        await asyncio.wait_for(asyncio.shield(task), 60)  # re-raises what ended the gateway
 
 
 class Subscriber:
@@ -155,45 +170,44 @@ def test_a_publish_paho_refuses_is_leased_again_and_the_daemon_runs_on(
     subscriber = Subscriber(broker.port, "fc/S1/gw-1/equipment/#")
     path = write_config(tmp_path, broker.url)
 
-    async def body(pipeline: Pipeline, task: asyncio.Task[None]) -> None:
-        publisher, outbox = pipeline.publisher, pipeline.outbox
-        assert publisher is not None and outbox is not None
+    async def body(gateway: Gateway, task: asyncio.Task[None]) -> None:
+        publisher, outbox = publisher_and_outbox(gateway)
         await asyncio.sleep(0.5)  # the birth and the first device statuses are acknowledged
         os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker stalls: no PUBACK comes
         try:
             # A device status now takes a packet id and keeps it...
-            pipeline.sink.device_state("dock-01", DriverHealth(state="stale", since_us=now_us()))
+            sink_of(gateway).device_state("dock-01", DriverHealth(state="stale", since_us=now_us()))
             # ...the find stream takes all but about 100 of the others, round to just before it
             for n in range(PACKET_IDS - 100):
                 publisher.publish_volatile("find/hh-1", {"schema": "fc-edge/find/1", "n": n})
             # ...and a PLC's events become outbox rows: one of them gets the status's id.
             t = now_us()
             for n in range(EVENTS):
-                pipeline.sink.event(DeviceEvent("plc-1", "equipment", {"event": "n", "n": n}, t))
+                sink_of(gateway).event(DeviceEvent("plc-1", "equipment", {"event": "n", "n": n}, t))
             await until(
-                lambda: refused(pipeline) >= 1 or task.done(),
+                lambda: refused(gateway) >= 1 or task.done(),
                 30,
                 "a refusal",
-                lambda: state_of(pipeline),
+                lambda: state_of(gateway),
             )
-            assert not task.done(), f"the pipeline ended: {task.exception()!r}"
+            assert not task.done(), f"the gateway ended: {task.exception()!r}"
             await asyncio.sleep(0.5)
             # No row is taken for acknowledged while no PUBACK can come (a find's packet id,
             # reused by a row, once made that row count as acknowledged at once).
-            assert outbox.stats().depth == EVENTS, state_of(pipeline)
+            assert outbox.stats().depth == EVENTS, state_of(gateway)
         finally:
             os.kill(broker.proc.pid, signal.SIGCONT)
         await until(
             lambda: task.done() or outbox.stats().depth == 0,
             60,
             "the outbox to drain",
-            lambda: state_of(pipeline),
+            lambda: state_of(gateway),
         )
-        assert not task.done(), f"the pipeline ended: {task.exception()!r}"
+        assert not task.done(), f"the gateway ended: {task.exception()!r}"
         await until(lambda: len(set(subscriber.received())) >= EVENTS, 30, "every message")
 
     try:
-        asyncio.run(with_pipeline(path, body))
+        asyncio.run(with_gateway(path, body))
     finally:
         subscriber.stop()
     got = subscriber.received()
@@ -204,8 +218,8 @@ def test_a_publish_paho_refuses_is_leased_again_and_the_daemon_runs_on(
     assert sorted(first, key=first.__getitem__) == sorted(first)  # first arrivals in seq order
 
 
-def refused(pipeline: Pipeline) -> float:
-    value = pipeline.metrics.registry.get_sample_value("fc_edge_publisher_refused_total")
+def refused(gateway: Gateway) -> float:
+    value = gateway.metrics.registry.get_sample_value("fc_edge_publisher_refused_total")
     return value or 0.0
 
 
@@ -225,27 +239,26 @@ def test_only_the_outbox_thread_touches_sqlite_while_metrics_are_scraped(
     path = write_config(tmp_path, broker.url, metrics_port=port)
     statements: list[tuple[str, str]] = []  # (thread name, SQL) of every statement run
 
-    async def body(pipeline: Pipeline, task: asyncio.Task[None]) -> None:
-        outbox = pipeline.outbox
-        assert outbox is not None
+    async def body(gateway: Gateway, task: asyncio.Task[None]) -> None:
+        outbox = gateway.store.outbox
 
         def trace() -> None:  # installed on the outbox thread, like every other call
             outbox.conn.set_trace_callback(
                 lambda sql: statements.append((threading.current_thread().name, sql))
             )
 
-        await pipeline._db(trace)
+        await gateway.store.call(trace)
         scrapes = 0
         while outbox.stats().depth > 0 or scrapes < 10:
             for page in ("/metrics", "/readyz"):
                 await asyncio.to_thread(get, f"http://127.0.0.1:{port}{page}")
-            pipeline.status_line()  # what the status loop and sd_notify run, on this loop
+            gateway.status_line()  # what the status loop and sd_notify run, on this loop
             scrapes += 1
             assert scrapes < 2000, "the backlog did not drain"
             assert not task.done()
         assert outbox.stats().acked >= backlog
 
-    asyncio.run(with_pipeline(path, body))
+    asyncio.run(with_gateway(path, body))
     assert statements, "the trace saw nothing: the test would prove nothing"
     elsewhere = {(name, sql) for name, sql in statements if not name.startswith("outbox")}
     assert elsewhere == set()

@@ -1,4 +1,4 @@
-"""The last resort of a hung shutdown (gateway.pipeline._shutdown_hung): exit 70 at once, with
+"""The last resort of a hung shutdown (gateway.daemon.shutdown_hung): exit 70 at once, with
 every thread's stack and every asyncio task's await on stderr, so the hang can be found from
 the journal."""
 
@@ -13,7 +13,7 @@ def test_a_hung_shutdown_exits_70_and_shows_where_each_thread_was() -> None:
     script = textwrap.dedent(
         """
         import asyncio, threading, time
-        from gateway.pipeline import _shutdown_hung
+        from gateway.daemon import shutdown_hung
 
         def stuck_in_a_device_library():
             time.sleep(60)
@@ -22,13 +22,13 @@ def test_a_hung_shutdown_exits_70_and_shows_where_each_thread_was() -> None:
             await asyncio.Event().wait()
 
         loop = asyncio.new_event_loop()
-        # (held, as the pipeline holds its tasks: a task only the loop's weak set knows of is
-        # garbage once collected, and then there is nothing to list)
+        # (held, as the daemon's TaskGroup holds its tasks: a task only the loop's weak set
+        # knows of is garbage once collected, and then there is nothing to list)
         task = loop.create_task(awaiting_what_never_comes(), name="ingest")
         threading.Thread(target=loop.run_forever, daemon=True).start()
         threading.Thread(target=stuck_in_a_device_library, daemon=True).start()
         time.sleep(0.2)
-        _shutdown_hung(20.0, loop)
+        shutdown_hung(20.0, loop)
         print("not reached")
         """
     )

@@ -6,8 +6,8 @@ import asyncio
 import threading
 import time
 
+from gateway.ingest import GatewaySink, ReadsItem
 from gateway.model import TagRead
-from gateway.pipeline import GatewaySink
 
 READ = TagRead("3074257BF7194E4000001A85", "r1", 1, -50.0, 1_764_000_000_000_000)
 
@@ -31,7 +31,8 @@ def test_a_driver_thread_waits_while_the_queue_is_full_and_goes_on_when_it_is_ta
     taken = sink.take()
     thread.join(2)
     assert not thread.is_alive()
-    assert sum(len(item.payload) for item in taken) == 100 and sink.rows == 10
+    assert sum(len(item.reads) for item in taken if isinstance(item, ReadsItem)) == 100
+    assert sink.rows == 10
     assert sink.held_back_s >= 0.3
 
 
