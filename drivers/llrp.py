@@ -5,7 +5,8 @@ sllurp alone does not survive a real site (see DESIGN.md §5):
 
 * **A fresh `LLRPReaderClient` for every connection.** sllurp's own reconnect waits a hard-coded
   60 s and keeps a half frame from the dropped connection in its buffer, which wedges it for good.
-  Reconnects are ours: `drivers.runtime.Backoff`, reset once a session reached INVENTORYING.
+  Reconnects are ours: `Driver.run`'s loop, with a `drivers.runtime.Backoff` that starts over
+  once a session reached INVENTORYING (connect() returns only then).
 * **Framing before sllurp.** `_Client.raw_data_received` cuts the byte stream into whole LLRP
   frames and hands sllurp one complete frame at a time. sllurp still decodes every frame, but a
   frame it cannot decode costs that frame only (sllurp drops the rest of a recv chunk), a broken
@@ -49,7 +50,7 @@ from sllurp.llrp import (
 )
 from sllurp.llrp_errors import ReaderConfigurationError
 
-from drivers.base import Driver
+from drivers.base import Driver, SessionEnded
 from drivers.options import LLRPOptions
 from drivers.runtime import Backoff, run_in_daemon_thread
 from gateway.engine.clock import ReaderClock
@@ -390,7 +391,8 @@ def reader_config(opts: LLRPOptions, antennas: list[int]) -> dict[str, Any]:
 
 
 class LLRPDriver(Driver):
-    """One LLRP reader, supervised. `run()` is the supervisor; sllurp's thread does the I/O."""
+    """One LLRP reader, supervised: `Driver.run`'s reconnect loop with the steps below (connect
+    = TCP connect and handshake, serve = liveness watch); sllurp's thread does the I/O."""
 
     Options: ClassVar[type] = LLRPOptions
     kind: ClassVar[Literal["reader", "equipment"]] = "reader"
@@ -408,7 +410,6 @@ class LLRPDriver(Driver):
         self._logged: set[str] = set()
         self._log_lock = threading.Lock()
         self.session: _Session | None = None
-        self.backoff = Backoff(cap_s=self.options.backoff_cap_s)
         self._failing: str | None = None  # the failure cause last logged
         self._was_up = False
 
@@ -490,68 +491,67 @@ class LLRPDriver(Driver):
             self._skewed = False
             log.info("%s: reader clock recovered, using reader timestamps again", self.name)
 
-    # ---- supervisor (asyncio) ----
+    # ---- the reconnect loop's steps (asyncio; the loop itself is Driver.run) ----
     async def run(self) -> None:
         install_log_filter()
-        backoff = self.backoff
         # The initial "connecting" is no transition, so set_state() would not publish it.
         self.sink.device_state(self.name, self.health())
-        try:
-            while True:
-                try:
-                    cause, reached_up = await self._serve_once()
-                except Exception:  # a bug of ours must not stop the reader for good
-                    log.exception("%s: unexpected error in the LLRP session", self.name)
-                    self.count_error("internal")
-                    cause, reached_up = "internal_error", False
-                if reached_up:
-                    backoff.reset()  # a good session: the next attempt starts fast again
-                self.count_reconnect(cause)
-                if cause != self._failing:  # a repeated failure is logged once
-                    log.warning("%s: %s; reconnecting with backoff", self.name, _explain(cause))
-                    self._failing = cause
-                self.set_state("backoff", cause)
-                await backoff.sleep()
-        finally:
-            self.set_state("stopped")
+        await super().run()
 
-    async def _serve_once(self) -> tuple[ReconnectCause, bool]:
-        """One connection from connect to teardown: returns why it ended and whether it got up."""
+    def make_backoff(self) -> Backoff:
+        return Backoff(cap_s=self.options.reconnect_max_s)
+
+    async def connect(self) -> None:
+        """A fresh client (see the module's docstring), TCP connect, and the handshake: returns
+        once the reader inventories."""
         opts = self.options
-        self.set_state("connecting")
-        session = _Session(self)
-        self.session = session
-        reached_up = False
+        session = self.session = _Session(self)
         try:
-            try:
-                await run_in_daemon_thread(session.connect, f"llrp-connect-{self.name}")
-            except OSError as exc:
-                self.log_once("connect", f"cannot connect to {opts.host}:{opts.port}: {exc}")
-                return "connect_failed", False
-            self.clear_logged("connect")
-            tick = min(0.1, opts.keepalive_s / 5)
-            while True:
-                await asyncio.sleep(tick)
-                if session.inventorying and not reached_up:
-                    reached_up = True
-                    self.set_state("up")
-                    self._announce_up(session)
-                cause = session.failure(time.monotonic(), opts)
-                if cause is not None:
-                    return cause, reached_up
-        finally:
-            await self._close(session)
+            await run_in_daemon_thread(session.connect, f"llrp-connect-{self.name}")
+        except OSError as exc:
+            self.log_once("connect", f"cannot connect to {opts.host}:{opts.port}: {exc}")
+            raise SessionEnded("connect_failed") from None
+        self.clear_logged("connect")
+        await self._supervise(session, until_inventorying=True)
 
-    def _announce_up(self, session: _Session) -> None:
+    async def serve(self) -> None:
+        assert self.session is not None  # connect() made it
+        await self._supervise(self.session, until_inventorying=False)
+
+    async def _supervise(self, session: _Session, *, until_inventorying: bool) -> None:
+        """Watch the session (sllurp's thread does the I/O): raise SessionEnded with the cause
+        once it fails; with `until_inventorying`, return once the reader inventories."""
+        opts = self.options
+        tick = min(0.1, opts.keepalive_s / 5)
+        while True:
+            await asyncio.sleep(tick)
+            if until_inventorying and session.inventorying:
+                return
+            cause = session.failure(time.monotonic(), opts)
+            if cause is not None:
+                raise SessionEnded(cause)
+
+    def on_up(self) -> None:
+        super().on_up()
         if self._failing is not None:
             log.info("%s: recovered (after: %s), inventorying", self.name, _explain(self._failing))
             self._failing = None
         elif not self._was_up:
-            log.info("%s: inventorying on antennas %s", self.name, session.antennas)
+            log.info("%s: inventorying on antennas %s", self.name, sorted(self.antenna_numbers))
         self._was_up = True
         self.clear_logged("malformed")
 
-    async def _close(self, session: _Session) -> None:
+    def on_backoff(self, cause: str, exc: Exception) -> None:
+        if cause != self._failing:  # a repeated failure is logged once
+            log.warning("%s: %s; reconnecting with backoff", self.name, _explain(cause))
+            self._failing = cause
+        super().on_backoff(cause, exc)
+
+    async def close(self) -> None:
+        """Close the session's client on a daemon thread, bounded by close_timeout_s."""
+        session, self.session = self.session, None
+        if session is None:
+            return  # nothing open, or closed already
         opts = self.options
         polite = opts.close_timeout_s / 2
         try:

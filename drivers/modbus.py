@@ -5,11 +5,14 @@ delays another) through pymodbus 3.16's async client, following a register map
 (drivers/modbus_map.py, drivers/maps/*.toml). It reports to the sink:
 
 - equipment events (`DeviceEvent(kind="equipment")`), on change only, plus a full status every
-  `status_every_s`; the `data` shapes are documented in docs/equipment.md;
+  `status_interval_s`; the `data` shapes are documented in docs/equipment.md;
 - robot moves (`sink.movement`) from the map's move handshake, acknowledged to the robot only
   once the sink says the movement and its cursor are durable;
 - device state (`set_state`): connecting -> up, up <-> unreachable, up <-> stale, each
   transition once, with one log line (no flood while a device stays down).
+
+Reconnects are `Driver.run`'s loop: connect() opens the client and polls once (a device that
+answers is "connected"), serve() polls on at `interval_s`, close() closes the client.
 
 Exception responses, timeouts and garbage are counted per device (`count_error`) and never
 end the task.
@@ -25,7 +28,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from drivers.base import DeviceEvent, Driver, Sink
+from drivers.base import DeviceEvent, Driver, SessionEnded, Sink
 from drivers.modbus_map import (
     BIT_KINDS,
     DecodeError,
@@ -54,11 +57,12 @@ if _pymodbus_log.level == logging.NOTSET:
 _EPC_HEX = re.compile(r"[0-9A-Fa-f]{4,}")
 
 
-class DeviceDown(Exception):
-    """The device stopped answering (timeout, refused, disconnected): end the session."""
+class DeviceDown(SessionEnded):
+    """The device stopped answering (timeout, refused, disconnected): end the session. Its
+    reconnect cause is "unreachable"; the reason is counted as an error kind."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
+        super().__init__("unreachable", f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
 
@@ -91,32 +95,71 @@ class ModbusDriver(Driver):
         self._exception_streak = False
         self._durable_seq: int | None = None
         self._move_task: asyncio.Task[None] | None = None
+        self._client: Any = None  # the open pymodbus client, from connect() to close()
+        self._first_poll_at = 0.0  # loop time of this connection's first poll
         self._bad_move_logged: int | None = None
 
-    # --- lifecycle -------------------------------------------------------------------------
+    # --- the reconnect loop's steps (the loop itself is Driver.run) --------------------------
 
     async def run(self) -> None:
         self._durable_seq = self.sink.cursor(self.cursor_key)
-        backoff = Backoff(initial_s=min(1.0, self.options.interval_s), cap_s=30.0)
-        self.set_state("connecting")
         try:
-            while True:
-                client = self._make_client()
-                try:
-                    await self._connect(client)
-                    await self._session(client, backoff)
-                except DeviceDown as exc:
-                    self.count_error(exc.reason)
-                    self._report_unreachable(exc)
-                finally:
-                    client.close()
-                self.count_reconnect(self._down or "error")
-                await backoff.sleep()
+            await super().run()
         finally:
+            # The move task outlives a reconnect (its movement may still become durable, and
+            # the next session then only acks it), so it ends with run(), not with close().
             if self._move_task is not None:
                 self._move_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._move_task
+
+    def make_backoff(self) -> Backoff:
+        o = self.options
+        return Backoff(initial_s=min(1.0, o.interval_s), cap_s=o.reconnect_max_s)
+
+    async def connect(self) -> None:
+        """Open the client and poll once: a device that answers is connected."""
+        client = self._client = self._make_client()
+        await self._connect(client)
+        self._first_poll_at = asyncio.get_running_loop().time()
+        await self._poll_once(client)
+
+    async def serve(self) -> None:
+        """Poll every interval_s (the first poll was connect()'s) until a poll fails."""
+        client = self._client
+        assert client is not None  # connect() made it
+        loop = asyncio.get_running_loop()
+        next_poll = self._first_poll_at
+        while True:
+            next_poll += self.options.interval_s
+            now = loop.time()
+            if next_poll < now:  # a slow round: skip the missed ticks rather than burst
+                next_poll = now
+            await asyncio.sleep(next_poll - now)
+            await self._poll_once(client)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def failure_cause(self, exc: Exception) -> str:
+        if isinstance(exc, DeviceDown):
+            self.count_error(exc.reason)
+        return super().failure_cause(exc)
+
+    # A polled device's state says whether it answers, not where the reconnect loop is: "up"
+    # from its first good poll (_poll_once), "unreachable" once when it stops answering, "up"
+    # again once it answers — never a connecting/backoff flicker per retry.
+    def on_connecting(self) -> None:
+        pass
+
+    def on_up(self) -> None:
+        pass  # _poll_once said so already
+
+    def on_backoff(self, cause: str, exc: Exception) -> None:
+        down = exc if isinstance(exc, DeviceDown) else DeviceDown(cause, str(exc))
+        self._report_unreachable(down)
 
     def _make_client(self) -> Any:
         from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -151,18 +194,6 @@ class ModbusDriver(Driver):
             where = self.options.serial or f"{self.options.host}:{self.options.port}"
             raise DeviceDown("refused", f"cannot connect to {where}")
 
-    async def _session(self, client: Any, backoff: Backoff) -> None:
-        loop = asyncio.get_running_loop()
-        next_poll = loop.time()
-        while True:
-            await self._poll_once(client)
-            backoff.reset()
-            next_poll += self.options.interval_s
-            now = loop.time()
-            if next_poll < now:  # a slow round: skip the missed ticks rather than burst
-                next_poll = now
-            await asyncio.sleep(next_poll - now)
-
     # --- one poll ---------------------------------------------------------------------------
 
     async def _poll_once(self, client: Any) -> None:
@@ -183,7 +214,7 @@ class ModbusDriver(Driver):
         if self.map.handshake is not None:
             await self._handshake(client, snapshot)
         last = self._last_status
-        if last is None or time.monotonic() - last >= self.options.status_every_s:
+        if last is None or time.monotonic() - last >= self.options.status_interval_s:
             self._emit_status(time_us)
 
     async def _read_blocks(

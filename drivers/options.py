@@ -5,19 +5,29 @@ library (sllurp, pymodbus, pyserial), so `fc-edge check-config` validates every
 `[[readers]]` and `[[equipment]]` entry without loading what serves it. A driver's module is
 imported only to run the device (`drivers.base.driver_class`).
 
-Adding a driver: its Options here, a `DriverSpec` in DRIVERS, and its class (with
-`Options = ...` and the same `kind`) in a module of its own.
+Adding a driver: its Options here, a `DriverSpec` in DRIVERS, its class (with `Options = ...`
+and the same `kind`) in a module of its own, and its page in docs/drivers/ (a test checks that
+the page names every option and that its sample config loads).
+
+Option names follow one convention: snake_case, and a quantity ends in its unit (`_s` for
+seconds, `_dbm`); a period is `<what>_interval_s`, a timeout `<what>_timeout_s`; and one thing
+has one name in every driver: `tx_power_dbm`, and `reconnect_max_s` for the cap of the
+reconnect backoff (as in [mqtt]). A key renamed to follow it stays readable under its old
+name (DriverSpec.renamed), with a deprecation warning.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from gateway.confschema import duration
+from gateway.confschema import Errors, duration, join
+
+log = logging.getLogger("fc_edge.config")
 
 DriverKind = Literal["reader", "handheld", "equipment"]
 
@@ -62,7 +72,7 @@ class LLRPOptions:
     keepalive_s: float = duration(5.0)
     handshake_timeout_s: float = duration(10.0)
     max_clock_skew_s: float = duration(5.0)
-    backoff_cap_s: float = duration(30.0)
+    reconnect_max_s: float = duration(30.0)  # the longest wait between connection attempts
     close_timeout_s: float = duration(2.0)
 
     def __post_init__(self) -> None:
@@ -96,18 +106,18 @@ class TSLOptions:
     location_timeout_s: float = duration(300.0)  # a scanned location label goes stale
     dedup_window_s: float = duration(300.0)  # returns: a tag is booked once in this window
     count_part_size: int = 500  # EPCs per counts message
-    output_power_dbm: int = 29
+    tx_power_dbm: int = 29  # the reader's `.iv -o` output power
     response_timeout_s: float = duration(3.0)  # a command unanswered this long: reconnect
     probe_interval_s: float = duration(15.0)  # silence this long: ask .vr to check the link
-    reconnect_max_s: float = duration(30.0)
+    reconnect_max_s: float = duration(30.0)  # the longest wait between connection attempts
 
     def __post_init__(self) -> None:
         if not self.port:
             raise ValueError("port: must name a device or a pyserial URL")
         if self.baudrate <= 0:
             raise ValueError("baudrate: must be positive")
-        if not 10 <= self.output_power_dbm <= 29:
-            raise ValueError("output_power_dbm: TSL readers accept 10..29 dBm")
+        if not 10 <= self.tx_power_dbm <= 29:
+            raise ValueError("tx_power_dbm: TSL readers accept 10..29 dBm")
         if self.count_part_size < 1:
             raise ValueError("count_part_size: must be at least 1")
         if self.workflow == "returns" and self.returns_location is None:
@@ -130,8 +140,9 @@ class ModbusOptions:
     device_id: int = 1  # unit id / slave address
     interval_s: float = duration(1.0)
     stale_after_s: float = duration(10.0)  # heartbeat unchanged this long -> stale
-    status_every_s: float = duration(60.0)
+    status_interval_s: float = duration(60.0)  # a full status event this often
     timeout_s: float = duration(1.0)  # per request
+    reconnect_max_s: float = duration(30.0)  # the longest wait between connection attempts
     max_gap: int = 0  # unmapped registers a coalesced read may span (0: only adjacent ones)
     # Robot station number (or name) -> location, for the move handshake.
     stations: dict[str, str] = field(default_factory=dict, metadata={"location_ref": True})
@@ -177,6 +188,9 @@ class DriverSpec:
     #: Top-level modules the driver imports: the config loader checks they are installed
     #: (importlib.util.find_spec: found, not imported).
     requires: tuple[str, ...] = ()
+    #: Keys renamed to follow the naming convention: old name -> new name. A config that
+    #: still uses the old name loads, with a deprecation warning naming the new key.
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
     def missing(self) -> list[str]:
         """The required libraries that are not installed."""
@@ -185,14 +199,27 @@ class DriverSpec:
 
 DRIVERS: dict[str, DriverSpec] = {
     "replay": DriverSpec("reader", ReplayOptions, "drivers.replay:ReplayDriver"),
-    "llrp": DriverSpec("reader", LLRPOptions, "drivers.llrp:LLRPDriver", requires=("sllurp",)),
-    "tsl": DriverSpec("handheld", TSLOptions, "drivers.tsl:TSLDriver", requires=("serial",)),
+    "llrp": DriverSpec(
+        "reader",
+        LLRPOptions,
+        "drivers.llrp:LLRPDriver",
+        requires=("sllurp",),
+        renamed={"backoff_cap_s": "reconnect_max_s"},
+    ),
+    "tsl": DriverSpec(
+        "handheld",
+        TSLOptions,
+        "drivers.tsl:TSLDriver",
+        requires=("serial",),
+        renamed={"output_power_dbm": "tx_power_dbm"},
+    ),
     "modbus": DriverSpec(
         "equipment",
         ModbusOptions,
         "drivers.modbus:ModbusDriver",
         check=check_modbus,
         requires=("pymodbus",),
+        renamed={"status_every_s": "status_interval_s"},
     ),
 }
 
@@ -207,3 +234,25 @@ def driver_spec(name: str) -> DriverSpec:
     except KeyError:
         known = ", ".join(sorted(DRIVERS))
         raise UnknownDriver(f"unknown driver {name!r} (known: {known})") from None
+
+
+def upgrade_renamed_keys(
+    spec: DriverSpec, entry: Mapping[str, Any], path: str, errors: Errors
+) -> dict[str, Any]:
+    """`entry` (a device's config table, at `path`) with each renamed key under its new name.
+
+    The old name keeps an existing config working: it is read as the new key and a warning
+    says which key to write instead. Both names at once is an error (which one would win?)."""
+    upgraded = dict(entry)
+    for old, new in spec.renamed.items():
+        if old not in upgraded:
+            continue
+        value = upgraded.pop(old)
+        if new in upgraded:
+            errors.add(join(path, old), f"renamed {new}, which is given too: keep only {new}")
+            continue
+        upgraded[new] = value
+        log.warning(
+            "%s: deprecated key: write %s instead (read as %s for now)", join(path, old), new, new
+        )
+    return upgraded

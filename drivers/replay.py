@@ -37,6 +37,9 @@ class ReplayDriver(Driver):
     def epoch_key(self) -> str:
         return f"replay:{self.name}:epoch_us"
 
+    # Not Driver.run's reconnect loop: a capture is played once and then the driver ends
+    # ("stopped", which tells the engine this reader sends no more), where that loop never
+    # ends; and an unreadable file is retried at a steady pace, with nothing to back off from.
     async def run(self) -> None:
         opts: ReplayOptions = self.options
         path = self.device.resolve(opts.file)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import serial
 
-from drivers.base import DeviceEvent, Driver, Sink
+from drivers.base import DeviceEvent, Driver, SessionEnded, Sink
 from drivers.options import TSLOptions
 from drivers.runtime import Backoff, run_in_daemon_thread
 from gateway.model import TagRead, now_us
@@ -347,10 +347,10 @@ def _valid_field(prefix: str, value: str) -> bool:
 # --- commands -------------------------------------------------------------------------------------
 
 
-def inventory_settings(output_power_dbm: int) -> str:
+def inventory_settings(tx_power_dbm: int) -> str:
     """Reset `.iv` to its defaults, then ask for PC (to check EPC lengths), RSSI and the EPC
     itself at the configured power; `-n` stores the settings without running an inventory."""
-    return f".iv -x -e on -r on -ie on -o {output_power_dbm} -n"
+    return f".iv -x -e on -r on -ie on -o {tx_power_dbm} -n"
 
 
 #: Trigger: single press inventories while held, double press reads a barcode; report every
@@ -373,15 +373,6 @@ def command_word(command: str) -> str:
 # --- the driver -----------------------------------------------------------------------------------
 
 
-class SessionEnded(Exception):
-    """The port failed or the reader stopped answering; `cause` names it for the reconnect count."""
-
-    def __init__(self, cause: str, detail: str) -> None:
-        super().__init__(detail)
-        self.cause = cause
-        self.detail = detail
-
-
 class TSLDriver(Driver):
     kind = "handheld"
 
@@ -392,7 +383,7 @@ class TSLDriver(Driver):
         self.opts: TSLOptions = device.options
         self._stop = threading.Event()
         self._outbox: queue.Queue[tuple[float, str]] = queue.Queue(maxsize=64)
-        self._configured = False
+        self._link: _Session | None = None  # the open port, from connect() to close()
         self.reader_info: dict[str, str] = {}
 
     # -- gateway -> reader ------------------------------------------------------------------------
@@ -411,56 +402,64 @@ class TSLDriver(Driver):
             return False
         return True
 
-    # -- lifecycle ---------------------------------------------------------------------------------
+    # -- the reconnect loop's steps (the loop itself is Driver.run) --------------------------------
+    # Serial I/O blocks: connect() and serve() each run on a daemon thread of their own (never
+    # the loop, never the shared executor: a handheld session lasts hours). Cancelling sets
+    # the stop flag the thread watches and waits for the thread to end.
 
-    async def run(self) -> None:
-        backoff = Backoff(initial_s=0.2, cap_s=self.opts.reconnect_max_s)
+    def make_backoff(self) -> Backoff:
+        return Backoff(initial_s=0.2, cap_s=self.opts.reconnect_max_s)
+
+    def on_connecting(self) -> None:
+        self.set_state("connecting", self.opts.port)
+
+    def on_up(self) -> None:
+        detail = " ".join(f"{k}={v}" for k, v in self.reader_info.items()) or None
+        self.set_state("up", detail)
+
+    async def connect(self) -> None:
+        """Open the port and (re)send every setting: returns once the reader answered them."""
         self._stop.clear()
-        try:
-            while True:
-                self.set_state("connecting", self.opts.port)
-                self._configured = False
-                try:
-                    await self._in_thread(self._serve)
-                    return  # only when stopped
-                except SessionEnded as end:
-                    self.count_reconnect(end.cause)
-                    detail = end.detail
-                if self._configured:
-                    backoff.reset()  # the last session was good: retry quickly
-                self.set_state("backoff", detail)
-                await backoff.sleep()
-        finally:
-            self._stop.set()
-            self.set_state("stopped")
+        await self._on_thread(self._open)
 
-    async def _in_thread(self, fn: Callable[[], None]) -> None:
-        """Run blocking serial I/O on a thread of its own (never the loop, never the shared
-        executor: a handheld session lasts hours). On cancel, stop it and wait for it."""
+    async def serve(self) -> None:
+        """Read, translate and write feedback until the port fails or the reader goes silent."""
+        link = self._link
+        assert link is not None  # connect() opened it
+        await self._on_thread(lambda: self._with_port_errors(link.serve))
+
+    async def close(self) -> None:
+        self._stop.set()  # a session thread still running (a cancel that timed out) ends
+        link, self._link = self._link, None
+        if link is not None:
+            await run_in_daemon_thread(link.finish, f"tsl-{self.name}-close")
+
+    async def _on_thread(self, fn: Callable[[], None]) -> None:
         await run_in_daemon_thread(
             fn, f"tsl-{self.name}", on_cancel=self._stop.set, join_timeout_s=5.0
         )
 
     # -- one connection (runs on the session thread) -----------------------------------------------
 
-    def _serve(self) -> None:
+    def _open(self) -> None:
         try:
             port = serial.serial_for_url(
                 self.opts.port, baudrate=self.opts.baudrate, timeout=0.05, write_timeout=2.0
             )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise SessionEnded("open_failed", f"cannot open {self.opts.port}: {exc}") from None
-        session = _Session(self, port)
+        link = self._link = _Session(self, port)
+        if self._stop.is_set():  # closed meanwhile (a cancel that outwaited the join): undo
+            link.finish()
+            return
+        self._with_port_errors(link.start)
+
+    def _with_port_errors(self, fn: Callable[[], None]) -> None:
+        """Run `fn`; a failing port ends the session as `port_lost`."""
         try:
-            session.serve()
+            fn()
         except (serial.SerialException, OSError) as exc:
             raise SessionEnded("port_lost", f"{self.opts.port}: {exc}") from None
-        finally:
-            session.finish()
-            try:
-                port.close()
-            except (serial.SerialException, OSError):
-                pass
 
     # -- items -> sink (session thread) ------------------------------------------------------------
 
@@ -500,16 +499,14 @@ class _Session:
 
     # -- setup ------------------------------------------------------------------------------------
 
-    def serve(self) -> None:
+    def start(self) -> None:
         try:
             self.port.reset_input_buffer()
         except (serial.SerialException, OSError, AttributeError):
             pass  # not every URL handler has an input buffer to reset
         self.configure()
-        self.driver._configured = True
-        info = self.driver.reader_info
-        detail = " ".join(f"{k}={v}" for k, v in info.items()) or None
-        self.driver.set_state("up", detail)
+
+    def serve(self) -> None:
         while not self.driver._stop.is_set():
             self.pump()
             self.send_feedback()
@@ -523,7 +520,7 @@ class _Session:
         version = self.call(VERSION)
         if version.error is None:
             self.driver.reader_info = {k: v for k, v in version.fields if k in ("MF", "US", "PV")}
-        self.call(inventory_settings(self.opts.output_power_dbm))
+        self.call(inventory_settings(self.opts.tx_power_dbm))
         self.call(SWITCH_SETTINGS)
         self.call(BARCODE_SETTINGS)
 
@@ -624,5 +621,12 @@ class _Session:
             self.probe_sent = now
 
     def finish(self) -> None:
-        self.handle(self.parser.reset())
-        self.flush_reads()
+        """Deliver what complete lines said, then close the port."""
+        try:
+            self.handle(self.parser.reset())
+            self.flush_reads()
+        finally:
+            try:
+                self.port.close()
+            except (serial.SerialException, OSError):
+                pass

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from drivers.options import UnknownDriver, driver_spec
+from drivers.options import UnknownDriver, driver_spec, upgrade_renamed_keys
 from gateway.confschema import (
     PARSE,
     Errors,
@@ -318,6 +318,7 @@ def build_devices(raw: Any, path: str, errors: Errors, base_dir: str) -> tuple[D
                 antennas = build_antennas(antennas_raw, join(here, "antennas"), errors)
         elif antennas_raw is not None:
             errors.add(join(here, "antennas"), f"driver {driver!r} has no fixed antennas")
+        entry = upgrade_renamed_keys(spec, entry, here, errors)
         options = build(spec.options, entry, here, errors)
         if options is not None and isinstance(name, str) and name:
             device = DeviceSettings(name, driver, antennas, options, base_dir)

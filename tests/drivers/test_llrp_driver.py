@@ -39,7 +39,7 @@ EPC_128 = "E2801160600002084E1D0A7C1FB41F71"  # 128 bits: reported as EPCData, n
 _serials = itertools.count(1)
 
 # Fast timings for tests: liveness fires after 2 x 0.3 s, a stuck handshake after 1.5 s.
-FAST = {"keepalive_s": 0.3, "handshake_timeout_s": 1.5, "backoff_cap_s": 2.0}
+FAST = {"keepalive_s": 0.3, "handshake_timeout_s": 1.5, "reconnect_max_s": 2.0}
 
 
 def unique_epc() -> str:
@@ -279,7 +279,7 @@ def test_refused_connections_back_off_then_recover() -> None:
 
 def test_backoff_grows_while_unreachable_and_resets_after_a_good_session() -> None:
     port = free_port()  # nothing listens here yet: every connect is refused by the kernel
-    with driving(port, backoff_cap_s=2.0) as (drv, sink, _):
+    with driving(port, reconnect_max_s=2.0) as (drv, sink, _):
         wait_for(lambda: reconnects(drv, "connect_failed") >= 4, timeout=30)
         with sink.lock:
             attempts = [h.since_us for _, h in sink.states if h.state == "connecting"]
@@ -303,7 +303,7 @@ def test_backoff_grows_while_unreachable_and_resets_after_a_good_session() -> No
 
 def test_backoff_cap_is_the_configured_one() -> None:
     port = free_port()
-    with driving(port, backoff_cap_s=0.6) as (drv, sink, _):
+    with driving(port, reconnect_max_s=0.6) as (drv, sink, _):
         # With a 0.6 s cap, 6 attempts take at most ~3.5 s of sleeping; allow plenty of slack.
         wait_for(lambda: reconnects(drv, "connect_failed") >= 6, timeout=30)
 

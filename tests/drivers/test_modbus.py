@@ -93,7 +93,7 @@ def make_driver(
         "interval_s": 0.05,
         "timeout_s": 0.5,
         "stale_after_s": 5.0,
-        "status_every_s": 3600.0,
+        "status_interval_s": 3600.0,
     }
     if port is not None:
         options |= {"host": "127.0.0.1", "port": port}
@@ -212,7 +212,7 @@ def test_periodic_status_and_conveyor_types(loop: DriverLoop, sims: list[Simulat
 
     sim.call(setup)
     sink = RecordingSink()
-    loop.start(make_driver("conv-1", "conveyor", sink, port=sim.server.port, status_every_s=0.3))
+    loop.start(make_driver("conv-1", "conveyor", sink, port=sim.server.port, status_interval_s=0.3))
     wait_for(lambda: len(events(sink, "status")) >= 3, 10)
     status = events(sink, "status")[-1]
     assert status["points"]["zone3"] == "Blocked"

@@ -306,7 +306,7 @@ def test_options_validation() -> None:
     with pytest.raises(ValueError, match="returns_location"):
         TSLDriver.Options(port="/dev/rfcomm0", workflow="returns")
     with pytest.raises(ValueError, match="10..29"):
-        TSLDriver.Options(port="/dev/rfcomm0", output_power_dbm=33)
+        TSLDriver.Options(port="/dev/rfcomm0", tx_power_dbm=33)
 
 
 def test_config_checks_location_refs() -> None:
