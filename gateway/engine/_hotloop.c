@@ -27,6 +27,7 @@ static long long NEVER = 0;
 static long long NO_EVIDENCE = 0;
 static double ROUNDS = 0.0;
 static double IV_WEIGHT = 0.0;
+static long long OUTREAD = 0;
 static int is_set_up = 0;
 
 static PyObject *str_epc, *str_reader, *str_antenna, *str_rssi, *str_time_us;
@@ -35,19 +36,20 @@ static PyObject *str_epc, *str_reader, *str_antenna, *str_rssi, *str_time_us;
 
 enum {
     A_LOC, A_TENTATIVE, A_S_CUR, A_T_CUR, A_IV, A_CAND, A_S_CAND, A_T_CAND, A_T_LEAD,
-    A_N_CAND, A_T_SINCE, A_SEEN, A_EV, N_ARRAYS
+    A_N_CAND, A_T_SINCE, A_SEEN, A_EV, A_K_LEAD, N_ARRAYS
 };
 static const char *const ARRAY_NAMES[N_ARRAYS] = {
     "_loc", "_tentative", "_s_cur", "_t_cur", "_iv", "_cand", "_s_cand", "_t_cand", "_t_lead",
-    "_n_cand", "_t_since", "_seen", "_ev",
+    "_n_cand", "_t_since", "_seen", "_ev", "_k_lead",
 };
 static const char ARRAY_TYPES[N_ARRAYS] = {
-    'h', 'b', 'f', 'q', 'f', 'h', 'f', 'q', 'q', 'H', 'q', 'q', 'q',
+    'h', 'b', 'f', 'q', 'f', 'h', 'f', 'q', 'q', 'H', 'q', 'q', 'q', 'h',
 };
 static const Py_ssize_t ARRAY_ITEMSIZES[N_ARRAYS] = {
     sizeof(short), sizeof(signed char), sizeof(float), sizeof(long long), sizeof(float),
     sizeof(short), sizeof(float), sizeof(long long), sizeof(long long),
     sizeof(unsigned short), sizeof(long long), sizeof(long long), sizeof(long long),
+    sizeof(short),
 };
 
 typedef struct {
@@ -67,6 +69,7 @@ typedef struct {
     long long *t_since;
     long long *seen;
     long long *ev;
+    short *k_lead;
 } Arrays;
 
 static void release_arrays(Arrays *a)
@@ -82,7 +85,7 @@ static int take_arrays(PyObject *engine, Arrays *a)
         (void **)&a->loc, (void **)&a->tentative, (void **)&a->s_cur, (void **)&a->t_cur,
         (void **)&a->iv, (void **)&a->cand, (void **)&a->s_cand, (void **)&a->t_cand,
         (void **)&a->t_lead, (void **)&a->n_cand, (void **)&a->t_since, (void **)&a->seen,
-        (void **)&a->ev,
+        (void **)&a->ev, (void **)&a->k_lead,
     };
     a->held = 0;
     a->len = PY_SSIZE_T_MAX;
@@ -274,6 +277,8 @@ static inline void check_lead(Arrays *a, Py_ssize_t i, const LocNumbers *here, d
         if (off <= here->floor)
             off = here->floor;
     }
+    if ((long long)a->k_lead[i] >= OUTREAD)
+        off = here->floor; /* out-read here: the levels need only be close (_OUTREAD) */
     if ((double)a->s_cand[i] <= s + off)
         a->t_lead[i] = NEVER; /* read strongly where it is: the challenger lost its lead */
 }
@@ -419,6 +424,8 @@ static int judge_one(Judge *j, PyObject *read)
             goto done;
         }
         const LocNumbers *cl = &j->locs[c];
+        if (a->k_lead[i] > 0)
+            a->k_lead[i]--; /* read here: the challenger's count lead shrinks */
         long long tc = t - a->t_cand[i];
         /* Read far more strongly elsewhere right now: a cross-read (see the Python loop). */
         double fade = tc <= cl->holdoff ? 0.0 : cl->decay * (double)(tc - cl->holdoff);
@@ -553,15 +560,18 @@ done:
 }
 
 PyDoc_STRVAR(setup_doc,
-"setup(none, never, no_evidence, rounds, iv_weight)\n\n"
-"core.py's constants: NONE, NEVER, NO_EVIDENCE, _ROUNDS, _IV_WEIGHT.");
+"setup(none, never, no_evidence, rounds, iv_weight, outread)\n\n"
+"core.py's constants: NONE, NEVER, NO_EVIDENCE, _ROUNDS, _IV_WEIGHT, _OUTREAD.");
 
 static PyObject *setup(PyObject *module, PyObject *args)
 {
     long long none, never, no_evidence;
     double rounds, iv_weight;
-    if (!PyArg_ParseTuple(args, "LLLdd", &none, &never, &no_evidence, &rounds, &iv_weight))
+    long long outread;
+    if (!PyArg_ParseTuple(args, "LLLddL", &none, &never, &no_evidence, &rounds, &iv_weight,
+                          &outread))
         return NULL;
+    OUTREAD = outread;
     NONE_LOC = none;
     NEVER = never;
     NO_EVIDENCE = no_evidence;

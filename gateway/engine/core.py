@@ -65,9 +65,25 @@ _time_of = attrgetter("time_us")
 _ROUNDS = 4.0
 _IV_WEIGHT = 0.25
 _IV_CAP_NEVER_DEPARTS_US = 120_000_000
+# A tag is read far more often where it is than by a neighbour's leaking antenna, while the
+# levels of two antennas can swap for seconds (fading, antenna gains, a tag's orientation). So a
+# challenger must also out-read the tag's current location: its reads less the current
+# location's reads, counted from when that difference was last zero (a one-sided CUSUM of the
+# read counts; _k_lead), must reach _OUTREAD before it can take the tag, and once it has, its
+# level need only be within the profile's floor_db of the current one (the offset of a location
+# long silent; the default lets it be 6 dB weaker), not beat it. A parked tag whose
+# neighbour takes a share q of the two antennas' reads of it gets there by chance with a
+# probability of about (q / (1 - q)) ** _OUTREAD per excursion: 1e-3 for q = 0.3, a dense store
+# floor's 25 % cross-reads against a 60 % read rate. (8 on the tuning set: 6 left twice the
+# parked false moves, 10 missed more fast-conveyor moves; docs/engine.md.)
+_OUTREAD = 8
+# A first sighting is a close contest until its location has this many more reads than the
+# location contesting it, or the profile's threshold over it: the first reads of a tag come from
+# every antenna that hears it.
+_FIRST_OUTREAD = 4
 
 if _hotloop is not None:
-    _hotloop.setup(NONE, NEVER, NO_EVIDENCE, _ROUNDS, _IV_WEIGHT)
+    _hotloop.setup(NONE, NEVER, NO_EVIDENCE, _ROUNDS, _IV_WEIGHT, _OUTREAD)
 
 # What the hot loop counts itself, in the order it returns the counts.
 _HOT_LOOP_COUNTS = ("unknown_antenna", "weak", "late", "cross_read")
@@ -234,6 +250,8 @@ class Engine:
         self._t_cand = array("q")  # last read at the challenger
         self._n_cand = array("H")  # reads of the challenger (or of an unconfirmed estimate)
         self._t_lead = array("q")  # since when the challenger leads (NEVER: it does not)
+        self._k_lead = array("h")  # challenger reads less current-location reads (_OUTREAD)
+        self._t_k0 = array("q")  # the challenger read that last took _k_lead up from zero
         self._peak = array("f")
         self._seen = array("q")  # last read anywhere
         self._due = array("q")  # wheel key of the tag's live absence check (0: none)
@@ -289,6 +307,15 @@ class Engine:
             lid = self._loc_ids[place.location]
             places.setdefault(reader, {})[antenna] = (lid, place.rssi_offset_db, place)
         self._places = places
+        # Who sighted a tag at a location, for a first sighting confirmed after its reads ended
+        # (_check_absence): the location's one reader and read point, else the engine and none.
+        sighted: dict[int, set[tuple[str, str]]] = {}
+        for (reader, _), place in config.places.items():
+            sighted.setdefault(self._loc_ids[place.location], set()).add((reader, _via(place)))
+        self._sighted_by: list[tuple[str, str | None]] = [
+            next(iter(sighted[lid])) if len(sighted.get(lid, ())) == 1 else ("engine", None)
+            for lid in range(len(self.locs))
+        ]
         self._min_rssi = s.min_rssi_dbm
         self._min_reads = s.min_reads
         self._max_tags = s.max_tags
@@ -595,6 +622,8 @@ class Engine:
         s_cand = self._s_cand
         t_cand = self._t_cand
         t_lead = self._t_lead
+        k_lead = self._k_lead
+        outread = _OUTREAD
         n_cand = self._n_cand
         t_since = self._t_since
         seen = self._seen
@@ -688,6 +717,9 @@ class Engine:
                     iv[i] = g if v == 0.0 else v + iv_weight * (g - v)
                     t_cur[i] = t
             else:
+                k = k_lead[i]
+                if k > 0:
+                    k_lead[i] = k - 1  # read here: the challenger's count lead shrinks
                 tc = t - t_cand[i]
                 # Read far more strongly elsewhere right now (a stale challenger fades): a
                 # cross-read of where it was, not a sign it is still there. It counts toward
@@ -728,6 +760,8 @@ class Engine:
                         off = threshold[lid] - decay[lid] * (since - holdoff[lid])
                         if off <= floor_db[lid]:
                             off = floor_db[lid]
+                    if k_lead[i] >= outread:
+                        off = floor_db[lid]
                     if s_cand[i] <= s + off:
                         t_lead[i] = NEVER  # read strongly where it is: the challenger lost its lead
                     continue
@@ -767,6 +801,8 @@ class Engine:
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
         c = self._cand[i]
+        if c != NONE and self._k_lead[i] > 0:
+            self._k_lead[i] -= 1
         if c != NONE and t - self._t_cand[i] <= self._xr_window_us:
             faded = self._s_cand[i] - self.locs[c].fade(t - self._t_cand[i])
             if rssi < faded - self._xr_margin:
@@ -864,6 +900,8 @@ class Engine:
             self._cand[i] = lid
             self._s_cand[i] = rssi
             self._n_cand[i] = 1
+            self._k_lead[i] = 1
+            self._t_k0[i] = t
             self._peak[i] = rssi
             self._t_lead[i] = NEVER
             s = rssi
@@ -873,6 +911,10 @@ class Engine:
             s += new.alpha * (rssi - s)
             self._s_cand[i] = s
             self._n_cand[i] = min(self._n_cand[i] + 1, 65535)
+            k = self._k_lead[i]
+            if k == 0:
+                self._t_k0[i] = t  # the count lead starts (again) here
+            self._k_lead[i] = min(k + 1, 32767)
             if rssi > self._peak[i]:
                 self._peak[i] = rssi
         self._t_cand[i] = t
@@ -882,6 +924,7 @@ class Engine:
         # (Tentatively, the stronger location must also have been read at least as often: a
         # tag is read far more often where it is than by a neighbour's leaking antenna.)
         n = self._n_cand[i]
+        outread = self._k_lead[i] >= _OUTREAD
         if is_tentative:
             # (Fewer reads may still take it when clearly stronger: the profile's threshold
             # over min_reads reads; cross-reads are a neighbour's weaker echoes.)
@@ -889,7 +932,9 @@ class Engine:
                 n < self._n_cur[i] and (n < self._min_reads or s - s_here < old.threshold)
             )
         else:
-            losing = s <= s_here + old.offset(self._silence(i, cur, t))
+            # (Out-read by _OUTREAD, the current location holds only as a long silent one does.)
+            off = old.floor if outread else old.offset(self._silence(i, cur, t))
+            losing = s <= s_here + off
         if losing:
             self._t_lead[i] = NEVER
             if not is_tentative and n >= self._min_reads:
@@ -910,11 +955,13 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        if t - lead < self._confirm_us(i, cur, new):
+        if t - lead < self._confirm_us(i, cur, new) or not outread:
             return
-        # The challenger wins. The movement is dated when the new location took the lead (the
-        # evidence shows the tag there from then on); this read, which made it conclusive, is
-        # observed.last_seen: when it was decided.
+        # The challenger wins. The movement is dated when the new location took the lead, or
+        # began to out-read the old one if that came first (the evidence shows the tag there
+        # from then on); this read, which made it conclusive, is observed.last_seen: when it
+        # was decided.
+        lead = min(lead, self._t_k0[i])
         observed = Observed(n, float(self._peak[i]), lead, t)
         self._loc[i] = lid
         self._s_cur[i] = s
@@ -925,6 +972,7 @@ class Engine:
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
+        self._k_lead[i] = 0
         self._clear_evidence(i)
         self._emit(i, old, new, lead, read.reader, _via(place), observed, step)
 
@@ -978,28 +1026,39 @@ class Engine:
         """A tentative estimate is confirmed by min_reads reads over its location's confirm_s
         with no other location leading. Offsite ones too: where a tag was seen offsite is the
         `from` of its arrival, so a stray read there must not count."""
-        n = self._n_cur[i]
-        lid = self._loc[i]
-        loc = self.locs[lid]
-        since = self._t_since[i]
-        if n < self._min_reads or t - since < loc.confirm_us:
+        if self._n_cur[i] < self._min_reads:
             return
+        loc = self.locs[self._loc[i]]
+        confirm_at = self._t_since[i] + loc.confirm_us
+        if t < confirm_at:
+            # A tag read no more before then (it passed through) has held here just as well
+            # unless another location read it: _check_absence judges it then.
+            self._book(i, confirm_at // self._tick_us + 1)
+            return
+        self._confirm_tentative(i, t, source, _via(place), step)
+
+    def _confirm_tentative(self, i: int, t: int, source: str, via: str | None, step: Step) -> None:
+        """Announce a tentative estimate that has held for its confirm_s (see
+        _tentative_progress), unless another location contests it."""
+        n = self._n_cur[i]
+        loc = self.locs[self._loc[i]]
+        since = self._t_since[i]
         if self._cand[i] != NONE:
             if self._t_lead[i] != NEVER or self._s_cand[i] > self._s_cur[i]:
                 return  # another location is stronger right now: not conclusive yet
             if (
                 t - self._t_cand[i] <= self.locs[self._cand[i]].gap_us
-                and n - self._n_cand[i] < self._min_reads
+                and n - self._n_cand[i] < _FIRST_OUTREAD
                 and self._s_cur[i] - self._s_cand[i] < loc.threshold
             ):
-                return  # a close contest: neither min_reads more reads nor the threshold
+                return  # a close contest: neither _FIRST_OUTREAD more reads nor the threshold
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending
         self._tentative[i] = 0
         self._t_since[i] = t
         self._clear_evidence(i)
         # Dated by the first read of the evidence that confirmed it: the tag was there then.
         observed = Observed(n, float(self._s_cur[i]), since, t)
-        self._emit(i, None, loc, since, source, _via(place), observed, step)
+        self._emit(i, None, loc, since, source, via, observed, step)
 
     def _drop_current_evidence(self, i: int) -> None:
         n = self._n_cur[i]
@@ -1022,6 +1081,7 @@ class Engine:
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
+        self._k_lead[i] = 0
         if not self._tentative[i]:
             self._clear_evidence(i)
 
@@ -1071,6 +1131,8 @@ class Engine:
             self._t_cand[i] = NEVER
             self._n_cand[i] = 0
             self._t_lead[i] = NEVER
+            self._k_lead[i] = 0
+            self._t_k0[i] = NEVER
             self._peak[i] = _NAN
             self._seen[i] = t
             self._due[i] = 0
@@ -1090,6 +1152,8 @@ class Engine:
             self._t_cand.append(NEVER)
             self._n_cand.append(0)
             self._t_lead.append(NEVER)
+            self._k_lead.append(0)
+            self._t_k0.append(NEVER)
             self._peak.append(_NAN)
             self._seen.append(t)
             self._due.append(0)
@@ -1127,7 +1191,10 @@ class Engine:
             after = self.locs[cur].forget_after_us
         else:
             after = self._default_forget_us
-        key = (deadline_us + after) // self._tick_us + 1
+        self._book(i, (deadline_us + after) // self._tick_us + 1)
+
+    def _book(self, i: int, key: int) -> None:
+        """Look at the tag at wheel key `key` (unless an earlier look is booked)."""
         due = self._due[i]
         if due and due <= key:
             return  # an earlier check is already booked; it will re-book
@@ -1170,6 +1237,18 @@ class Engine:
     def _check_absence(self, i: int, horizon: int, step: Step) -> None:
         seen = self._seen[i]
         cur = self._loc[i]
+        if (
+            cur != NONE
+            and self._tentative[i]
+            and self._n_cur[i] >= self._min_reads
+            and horizon - self._t_since[i] >= self.locs[cur].confirm_us
+        ):
+            # A first sighting whose reads ended before its confirm_s (a tag passing through a
+            # tunnel or a door): every read up to the horizon is judged and none contradicted it.
+            source, via = self._sighted_by[cur]
+            self._confirm_tentative(i, horizon, source, via, step)
+            if not self._tentative[i]:
+                return
         if cur != NONE and self._present(i):
             loc = self.locs[cur]
             after = loc.departed_after_us

@@ -1,6 +1,7 @@
 """REFERENCE COPY of gateway/engine/core.py before the speed work (issue 4), with the rule changes
-made since (event time per reader, issue 13: feed, tick and per-tag lateness): the optimised
-engine must decide exactly as this one (tests/unit/test_engine_golden.py). Do not edit.
+made since (issue 13: event time per reader, per-tag lateness, read-count leads, first
+sightings whose reads ended): the optimised engine must decide exactly as this one
+(tests/unit/test_engine_golden.py). Change it only with a rule change of core.py.
 
 The movement engine: batches of TagReads in, true stock movements out. Pure: no I/O, no
 threads, no clock of its own (time comes in with the reads and with tick()).
@@ -52,6 +53,12 @@ _time_of = attrgetter("time_us")
 _ROUNDS = 4.0
 _IV_WEIGHT = 0.25
 _IV_CAP_NEVER_DEPARTS_US = 120_000_000
+# A challenger must out-read the current location by this many reads (a CUSUM of its reads less
+# the current location's) before it takes the tag; then it need only be within the profile's
+# floor_db of the current level.
+_OUTREAD = 8
+# A first sighting is a close contest until it has this many more reads than its challenger.
+_FIRST_OUTREAD = 4
 
 SUPPRESSION_REASONS = (
     "unknown_antenna",  # the (reader, antenna) is not in the config
@@ -193,6 +200,8 @@ class Engine:
         self._t_cand = array("q")  # last read at the challenger
         self._n_cand = array("H")  # reads of the challenger (or of an unconfirmed estimate)
         self._t_lead = array("q")  # since when the challenger leads (NEVER: it does not)
+        self._k_lead = array("h")  # challenger reads less current-location reads (_OUTREAD)
+        self._t_k0 = array("q")  # the challenger read that last took _k_lead up from zero
         self._peak = array("f")
         self._seen = array("q")  # last read anywhere
         self._due = array("q")  # wheel key of the tag's live absence check (0: none)
@@ -571,6 +580,8 @@ class Engine:
             if c != NONE and t - t_cand[i] > locs[c].gap_us:
                 self._drop_evidence(i, "outvoted")  # stale: no evidence any more
                 c = NONE
+            if c != NONE and self._k_lead[i] > 0:
+                self._k_lead[i] -= 1  # read here: the challenger's count lead shrinks
             if c != NONE and t - t_cand[i] <= xr_window:
                 # Read far more strongly elsewhere right now (a stale challenger fades): a
                 # cross-read of where it was, not a sign it is still there. It counts toward
@@ -585,7 +596,10 @@ class Engine:
             if holds and t > t_cur[i]:
                 self._read_here(i, lid, t)
             if c != NONE and t_lead[i] != NEVER:
-                if s_cand[i] <= s + locs[lid].offset(self._silence(i, lid, t)):
+                off = locs[lid].offset(self._silence(i, lid, t))
+                if self._k_lead[i] >= _OUTREAD:
+                    off = locs[lid].floor
+                if s_cand[i] <= s + off:
                     t_lead[i] = NEVER  # read strongly where it is: the challenger lost its lead
             elif t - t_since[i] >= refresh[lid]:
                 refresh_state(i, t, step)
@@ -616,6 +630,8 @@ class Engine:
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
         c = self._cand[i]
+        if c != NONE and self._k_lead[i] > 0:
+            self._k_lead[i] -= 1
         if c != NONE and t - self._t_cand[i] <= self._xr_window_us:
             faded = self._s_cand[i] - self.locs[c].fade(t - self._t_cand[i])
             if rssi < faded - self._xr_margin:
@@ -711,6 +727,8 @@ class Engine:
             self._cand[i] = lid
             self._s_cand[i] = rssi
             self._n_cand[i] = 1
+            self._k_lead[i] = 1
+            self._t_k0[i] = t
             self._peak[i] = rssi
             self._t_lead[i] = NEVER
             s = rssi
@@ -720,6 +738,9 @@ class Engine:
             s += new.alpha * (rssi - s)
             self._s_cand[i] = s
             self._n_cand[i] = min(self._n_cand[i] + 1, 65535)
+            if self._k_lead[i] == 0:
+                self._t_k0[i] = t
+            self._k_lead[i] = min(self._k_lead[i] + 1, 32767)
             if rssi > self._peak[i]:
                 self._peak[i] = rssi
         self._t_cand[i] = t
@@ -729,6 +750,7 @@ class Engine:
         # (Tentatively, the stronger location must also have been read at least as often: a
         # tag is read far more often where it is than by a neighbour's leaking antenna.)
         n = self._n_cand[i]
+        outread = self._k_lead[i] >= _OUTREAD
         if is_tentative:
             # (Fewer reads may still take it when clearly stronger: the profile's threshold
             # over min_reads reads; cross-reads are a neighbour's weaker echoes.)
@@ -736,7 +758,8 @@ class Engine:
                 n < self._n_cur[i] and (n < self._min_reads or s - s_here < old.threshold)
             )
         else:
-            losing = s <= s_here + old.offset(self._silence(i, cur, t))
+            off = old.floor if outread else old.offset(self._silence(i, cur, t))
+            losing = s <= s_here + off
         if losing:
             self._t_lead[i] = NEVER
             if not is_tentative and n >= self._min_reads:
@@ -757,11 +780,12 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        if t - lead < self._confirm_us(i, cur, new):
+        if t - lead < self._confirm_us(i, cur, new) or not outread:
             return
-        # The challenger wins. The movement is dated when the new location took the lead (the
-        # evidence shows the tag there from then on); this read, which made it conclusive, is
-        # observed.last_seen: when it was decided.
+        # The challenger wins. The movement is dated when the new location took the lead or
+        # began to out-read the old one, whichever came first; this read, which made it
+        # conclusive, is observed.last_seen: when it was decided.
+        lead = min(lead, self._t_k0[i])
         observed = Observed(n, float(self._peak[i]), lead, t)
         self._loc[i] = lid
         self._s_cur[i] = s
@@ -772,6 +796,7 @@ class Engine:
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
+        self._k_lead[i] = 0
         self._clear_evidence(i)
         self._emit(i, old, new, lead, read.reader, _via(place), observed, step)
 
@@ -825,28 +850,39 @@ class Engine:
         """A tentative estimate is confirmed by min_reads reads over its location's confirm_s
         with no other location leading. Offsite ones too: where a tag was seen offsite is the
         `from` of its arrival, so a stray read there must not count."""
-        n = self._n_cur[i]
-        lid = self._loc[i]
-        loc = self.locs[lid]
-        since = self._t_since[i]
-        if n < self._min_reads or t - since < loc.confirm_us:
+        if self._n_cur[i] < self._min_reads:
             return
+        loc = self.locs[self._loc[i]]
+        if t - self._t_since[i] < loc.confirm_us:
+            self._book_confirmation(i)  # read no more, it has held as well: _check_absence
+            return
+        self._confirm_tentative(i, t, source, _via(place), step)
+
+    def _confirm_tentative(self, i: int, t: int, source: str, via: str | None, step: Step) -> None:
+        n = self._n_cur[i]
+        loc = self.locs[self._loc[i]]
+        since = self._t_since[i]
         if self._cand[i] != NONE:
             if self._t_lead[i] != NEVER or self._s_cand[i] > self._s_cur[i]:
                 return  # another location is stronger right now: not conclusive yet
             if (
                 t - self._t_cand[i] <= self.locs[self._cand[i]].gap_us
-                and n - self._n_cand[i] < self._min_reads
+                and n - self._n_cand[i] < _FIRST_OUTREAD
                 and self._s_cur[i] - self._s_cand[i] < loc.threshold
             ):
-                return  # a close contest: neither min_reads more reads nor the threshold
+                return  # a close contest
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending
         self._tentative[i] = 0
         self._t_since[i] = t
         self._clear_evidence(i)
         # Dated by the first read of the evidence that confirmed it: the tag was there then.
         observed = Observed(n, float(self._s_cur[i]), since, t)
-        self._emit(i, None, loc, since, source, _via(place), observed, step)
+        self._emit(i, None, loc, since, source, via, observed, step)
+
+    def _book_confirmation(self, i: int) -> None:
+        """Look at a tentative estimate again when it has been held for its confirm_s."""
+        key = (self._t_since[i] + self.locs[self._loc[i]].confirm_us) // self._tick_us + 1
+        self._book(i, key)
 
     def _drop_current_evidence(self, i: int) -> None:
         n = self._n_cur[i]
@@ -869,6 +905,7 @@ class Engine:
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
+        self._k_lead[i] = 0
         if not self._tentative[i]:
             self._clear_evidence(i)
 
@@ -918,6 +955,8 @@ class Engine:
             self._t_cand[i] = NEVER
             self._n_cand[i] = 0
             self._t_lead[i] = NEVER
+            self._k_lead[i] = 0
+            self._t_k0[i] = NEVER
             self._peak[i] = _NAN
             self._seen[i] = t
             self._due[i] = 0
@@ -937,6 +976,8 @@ class Engine:
             self._t_cand.append(NEVER)
             self._n_cand.append(0)
             self._t_lead.append(NEVER)
+            self._k_lead.append(0)
+            self._t_k0.append(NEVER)
             self._peak.append(_NAN)
             self._seen.append(t)
             self._due.append(0)
@@ -974,7 +1015,9 @@ class Engine:
             after = self.locs[cur].forget_after_us
         else:
             after = self._default_forget_us
-        key = (deadline_us + after) // self._tick_us + 1
+        self._book(i, (deadline_us + after) // self._tick_us + 1)
+
+    def _book(self, i: int, key: int) -> None:
         due = self._due[i]
         if due and due <= key:
             return  # an earlier check is already booked; it will re-book
@@ -1017,6 +1060,20 @@ class Engine:
     def _check_absence(self, i: int, horizon: int, step: Step) -> None:
         seen = self._seen[i]
         cur = self._loc[i]
+        if (
+            cur != NONE
+            and self._tentative[i]
+            and self._n_cur[i] >= self._min_reads
+            and horizon - self._t_since[i] >= self.locs[cur].confirm_us
+        ):
+            # A first sighting whose reads ended before its confirm_s: nothing contradicted it.
+            places = self.config.places.items()
+            readers = {(p.location, reader, _via(p)) for (reader, _), p in places}
+            here = [(r, v) for loc, r, v in readers if loc == self.locs[cur].name]
+            source, via = here[0] if len(here) == 1 else ("engine", None)
+            self._confirm_tentative(i, horizon, source, via, step)
+            if not self._tentative[i]:
+                return
         if cur != NONE and self._present(i):
             loc = self.locs[cur]
             after = loc.departed_after_us
