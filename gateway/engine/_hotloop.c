@@ -43,13 +43,13 @@ static const char *const ARRAY_NAMES[N_ARRAYS] = {
     "_n_cand", "_t_since", "_seen", "_ev", "_k_lead",
 };
 static const char ARRAY_TYPES[N_ARRAYS] = {
-    'h', 'b', 'f', 'q', 'f', 'h', 'f', 'q', 'q', 'H', 'q', 'q', 'q', 'h',
+    'h', 'b', 'f', 'q', 'f', 'h', 'f', 'q', 'q', 'H', 'q', 'q', 'q', 'b',
 };
 static const Py_ssize_t ARRAY_ITEMSIZES[N_ARRAYS] = {
     sizeof(short), sizeof(signed char), sizeof(float), sizeof(long long), sizeof(float),
     sizeof(short), sizeof(float), sizeof(long long), sizeof(long long),
     sizeof(unsigned short), sizeof(long long), sizeof(long long), sizeof(long long),
-    sizeof(short),
+    sizeof(signed char),
 };
 
 typedef struct {
@@ -69,7 +69,7 @@ typedef struct {
     long long *t_since;
     long long *seen;
     long long *ev;
-    short *k_lead;
+    signed char *k_lead;
 } Arrays;
 
 static void release_arrays(Arrays *a)

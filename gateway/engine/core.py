@@ -250,7 +250,7 @@ class Engine:
         self._t_cand = array("q")  # last read at the challenger
         self._n_cand = array("H")  # reads of the challenger (or of an unconfirmed estimate)
         self._t_lead = array("q")  # since when the challenger leads (NEVER: it does not)
-        self._k_lead = array("h")  # challenger reads less current-location reads (_OUTREAD)
+        self._k_lead = array("b")  # challenger reads less current-location reads (_OUTREAD)
         self._t_k0 = array("q")  # the challenger read that last took _k_lead up from zero
         self._peak = array("f")
         self._seen = array("q")  # last read anywhere
@@ -914,7 +914,7 @@ class Engine:
             k = self._k_lead[i]
             if k == 0:
                 self._t_k0[i] = t  # the count lead starts (again) here
-            self._k_lead[i] = min(k + 1, 32767)
+            self._k_lead[i] = min(k + 1, 127)  # (only up to _OUTREAD matters)
             if rssi > self._peak[i]:
                 self._peak[i] = rssi
         self._t_cand[i] = t

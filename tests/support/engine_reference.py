@@ -200,7 +200,7 @@ class Engine:
         self._t_cand = array("q")  # last read at the challenger
         self._n_cand = array("H")  # reads of the challenger (or of an unconfirmed estimate)
         self._t_lead = array("q")  # since when the challenger leads (NEVER: it does not)
-        self._k_lead = array("h")  # challenger reads less current-location reads (_OUTREAD)
+        self._k_lead = array("b")  # challenger reads less current-location reads (_OUTREAD)
         self._t_k0 = array("q")  # the challenger read that last took _k_lead up from zero
         self._peak = array("f")
         self._seen = array("q")  # last read anywhere
@@ -740,7 +740,7 @@ class Engine:
             self._n_cand[i] = min(self._n_cand[i] + 1, 65535)
             if self._k_lead[i] == 0:
                 self._t_k0[i] = t
-            self._k_lead[i] = min(self._k_lead[i] + 1, 32767)
+            self._k_lead[i] = min(self._k_lead[i] + 1, 127)
             if rssi > self._peak[i]:
                 self._peak[i] = rssi
         self._t_cand[i] = t
