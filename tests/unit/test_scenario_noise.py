@@ -393,9 +393,9 @@ def test_the_seed_sets_are_disjoint_and_the_evaluation_set_cannot_be_narrowed() 
     assert len(fam.EVALUATION_SEEDS) == 10
     assert set(fam.RETIRED_EVALUATION_SEEDS) <= set(fam.TUNING_SEEDS)  # looked at: tuning now
     with pytest.raises(ValueError, match="only the tuning set"):
-        be.set_instances("evaluation", ["backlog"], seeds=[2001])
+        be.set_instances("evaluation", ["backlog"], seeds=[fam.EVALUATION_SEEDS[0]])
     with pytest.raises(ValueError, match="not tuning seeds"):
-        be.set_instances("tuning", ["backlog"], seeds=[2001])
+        be.set_instances("tuning", ["backlog"], seeds=[fam.EVALUATION_SEEDS[0]])
 
 
 def test_every_family_makes_valid_scenarios_with_both_models() -> None:
