@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import random
-import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from typing import Any, Literal
 
 import jsonschema
 
+from gateway.devkit.toml import key as _toml_key
+from gateway.devkit.toml import value as _toml_value
 from simulators import bursty as bursty_model
 from simulators.bursty import BurstyRadio
 
@@ -1045,28 +1046,6 @@ def location_business(scenario: Scenario) -> dict[str, tuple[str, str]]:
         elif name not in scenario.offsite:
             business.setdefault(name, ROLE_BUSINESS["zone"])
     return business
-
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON's escapes are all valid in a TOML basic string
-    if isinstance(value, Sequence):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def gateway_config_text(

@@ -1,6 +1,6 @@
-"""Running the real gateway from outside, for the tests and for tools/soak.py alike: free
-loopback ports, polling, JSON lines another process is writing, SGTIN-96 EPCs made quickly, the
-real `fc-edge` CLI in a subprocess and `fc-edge listen` as the IMS.
+"""Running the real gateway from outside, for the tests and for tools/soak.py alike: JSON lines
+another process is writing, SGTIN-96 EPCs made quickly, the real `fc-edge` CLI in a subprocess
+and `fc-edge listen` as the IMS (ports, polling and the broker: gateway.devkit).
 
 Not test code: tools/ imports nothing from tests/, and tests/support/ re-exports these."""
 
@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from gateway.devkit.process import free_port, wait_for
+
+__all__ = ["ROOT", "ListenProcess", "fc_edge", "free_port", "json_lines", "sgtin96", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,24 +29,6 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(errors="replace")
     complete = text[: text.rfind("\n") + 1]
     return [json.loads(line) for line in complete.splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll until predicate() is truthy; returns its value or raises AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def sgtin96(company: int, item: int, serial: int, filter_value: int = 1) -> str:

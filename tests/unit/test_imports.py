@@ -227,6 +227,24 @@ def test_no_import_cycles() -> None:
     assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = {start}, [start]
+    while todo:
+        for name in graph[todo.pop()] - seen:
+            seen.add(name)
+            todo.append(name)
+    return seen
+
+
+def test_the_daemon_does_not_reach_the_dev_packages() -> None:
+    # `fc-edge run` holds only the daemon: benchmarks, the demo and the dev kit they share
+    # (brokers, child processes, the TOML writer) are never a dependency of it.
+    dev = ("gateway.bench", "gateway.demo", "gateway.devkit")
+    daemon = reachable(import_graph(), "gateway.daemon")
+    assert "gateway.ingest" in daemon  # the walk saw the daemon's own modules
+    assert {m for m in daemon if m.startswith(dev)} == set()
+
+
 def test_each_driver_class_matches_what_the_config_loader_knows_of_it() -> None:
     from drivers.base import driver_class
     from drivers.options import DRIVERS
