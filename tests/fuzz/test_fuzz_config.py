@@ -23,6 +23,7 @@ from gateway import config
 from gateway.confschema import check_topic_name
 from tests.support.scale import scaled
 from tests.support.strategies import KEY_CHARS, keys, paths_of, toml_values
+from tools.fuzz_oracle import example
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "example.toml"
@@ -68,15 +69,17 @@ def base() -> dict[str, Any]:
 
 def load(raw: Any) -> config.Settings | None:
     """from_dict; a ConfigError must name the file and a key on every line."""
-    try:
-        return config.from_dict(raw, LABEL, str(EXAMPLE))
-    except config.ConfigError as exc:
-        assert exc.lines
-        for line in exc.lines:
-            assert line.startswith(f"{LABEL}: "), line
-            rest = line[len(LABEL) + 2 :]
-            assert ": " in rest, line  # "<dotted key>: <what is wrong>"
-        return None
+    with example("config") as verdict:
+        try:
+            return config.from_dict(raw, LABEL, str(EXAMPLE))
+        except config.ConfigError as exc:
+            verdict.rejected_by_parser()
+            assert exc.lines
+            for line in exc.lines:
+                assert line.startswith(f"{LABEL}: "), line
+                rest = line[len(LABEL) + 2 :]
+                assert ": " in rest, line  # "<dotted key>: <what is wrong>"
+            return None
 
 
 @st.composite
@@ -140,15 +143,22 @@ names = st.one_of(
 )
 
 
+def check_topic(name: str) -> None:
+    """Accepted exactly when topic_ok; a rejection is a ValueError naming the name."""
+    with example("topic_name") as verdict:
+        try:
+            assert check_topic_name(name) == name
+            assert topic_ok(name)
+        except ValueError as exc:
+            verdict.rejected_by_parser()
+            assert not topic_ok(name)
+            assert repr(name) in str(exc)
+
+
 @settings(max_examples=500, deadline=None)
 @given(name=names)
 def test_check_topic_name(name: str) -> None:
-    try:
-        assert check_topic_name(name) == name
-        assert topic_ok(name)
-    except ValueError as exc:
-        assert not topic_ok(name)
-        assert repr(name) in str(exc)
+    check_topic(name)
 
 
 WHERE = {
@@ -203,11 +213,7 @@ def test_config_slow() -> None:
     @scaled(12_000)
     @given(name=names)
     def topic(name: str) -> None:
-        try:
-            check_topic_name(name)
-            assert topic_ok(name)
-        except ValueError:
-            assert not topic_ok(name)
+        check_topic(name)
 
     mutated()
     documents()

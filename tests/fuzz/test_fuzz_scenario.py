@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from simulators.scenario import ScenarioError, scenario_from_dict
 from tests.support.scale import scaled
 from tests.support.strategies import keys, paths_of
+from tools.fuzz_oracle import example
 
 ROOT = Path(__file__).resolve().parents[2]
 # The site scenarios (the handheld ones have their own format, simulators/tsl/scenario.py).
@@ -37,12 +38,14 @@ json_like = st.recursive(
 
 
 def load(raw: Any) -> None:
-    try:
-        scenario_from_dict(raw, LABEL)
-    except ScenarioError as exc:
-        assert exc.lines
-        for line in exc.lines:
-            assert line.startswith(f"{LABEL}: $"), line
+    with example("scenario") as verdict:
+        try:
+            scenario_from_dict(raw, LABEL)
+        except ScenarioError as exc:
+            verdict.rejected_by_parser()
+            assert exc.lines
+            for line in exc.lines:
+                assert line.startswith(f"{LABEL}: $"), line
 
 
 @st.composite
