@@ -4,12 +4,17 @@ lines; random bytes almost never form a known prefix, so here every line has a k
 (EP:, PC:, RI:, ER:, SW:, BC:, ME:, CS:, OK: ...) with a random value, and the link drops
 (`reset()`) at random points, as when the handheld walks out of Bluetooth range.
 
-For any input: no exception, every item well-formed, and when nothing came out of a non-blank
-input, at least one rejection was counted (nothing is lost silently).
+For any input (tools/fuzz_oracle.py decides): no exception (the parser is documented as total:
+its only rejection is a counted one), every item well-formed, every example within the time
+limit, and in every session every line the protocol rejects is counted (nothing is lost
+silently, also not in a session that yielded items): the session is replayed one line at a
+time, which pins each count to its line, and must give the same items and counts as the
+chunked feed.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -26,6 +31,7 @@ from drivers.tsl import (
     TSLParser,
 )
 from tests.support.scale import scaled
+from tools.fuzz_oracle import example
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 PREFIXES = sorted(KNOWN_PREFIXES) + ["XX", "ep", "E"]
@@ -58,18 +64,98 @@ def sessions(draw: st.DrawFn) -> list[bytes | None]:
     return out
 
 
-def run(chunks: list[bytes | None]) -> None:
+def counting_parser() -> tuple[TSLParser, Counter[str]]:
     errors: Counter[str] = Counter()
 
     def count(kind: str, n: int) -> None:
         assert n > 0
         errors[kind] += n
 
-    parser = TSLParser(count)
+    return TSLParser(count), errors
+
+
+def feed_chunks(chunks: list[bytes | None]) -> tuple[list[Item], Counter[str]]:
+    parser, errors = counting_parser()
     items: list[Item] = []
     for chunk in chunks:
         items += parser.reset() if chunk is None else parser.feed(chunk)
     items += parser.reset()
+    return items, errors
+
+
+def links(chunks: list[bytes | None]) -> list[bytes]:
+    """The byte stream of each link session (chunks between resets, glued as the parser sees
+    them: a line cut at the end of one chunk runs into the next chunk's first line)."""
+    out = [b""]
+    for chunk in chunks:
+        if chunk is None:
+            out.append(b"")
+        else:
+            out[-1] += chunk
+    return out
+
+
+def check_every_rejected_line_is_counted(chunks: list[bytes | None]) -> tuple[list[Item], int]:
+    """Replay line by line; each line the protocol rejects must add a count while it is fed,
+    and a partial line at a link drop must be counted by the reset."""
+    parser, errors = counting_parser()
+    items: list[Item] = []
+    for stream in links(chunks):
+        *lines, partial = stream.split(b"\n")
+        for line in lines:
+            counted_before = sum(errors.values())
+            items += parser.feed(line + b"\n")
+            if must_reject(line.removesuffix(b"\r")):
+                assert sum(errors.values()) > counted_before, (line, errors)
+        counted_before = errors["partial_line"]
+        items += parser.feed(partial) + parser.reset()
+        if partial:
+            assert errors["partial_line"] > counted_before, (partial, errors)
+    return items, sum(errors.values())
+
+
+# What TSL ASCII 2 rejects, from the protocol (the `XY: value` line form, the known prefixes,
+# the SW: states, ER: codes of up to 3 digits, hex EP:/PC:/CR: fields, RI: in -128..0 dBm) rather
+# than read off the parser. Only lines that cannot be a cut line glued to a whole one are judged.
+LINE_FORM = re.compile(r"^([A-Z]{2}):(?: ?(.*))?$")
+EMBEDDED_PREFIX = re.compile(r"(?<=.)[A-Z]{2}:")
+HEX = re.compile(r"^[0-9A-Fa-f]*$")
+NUMERIC = {"EP", "PC", "RI", "CR", "IX", "OK", "ER", "SW"}
+
+
+def must_reject(raw: bytes) -> bool:
+    if not raw.strip():
+        return False  # blank lines end blocks
+    if not all(0x20 <= b <= 0x7E for b in raw):
+        return True
+    text = raw.decode("ascii")
+    match = LINE_FORM.match(text)
+    if match is None:
+        return not EMBEDDED_PREFIX.search(text)
+    prefix, value = match.group(1), (match.group(2) or "").strip()
+    if prefix in NUMERIC and ":" in value:
+        return False  # may be a cut line with a whole one behind it
+    return prefix not in KNOWN_PREFIXES or not valid_value(prefix, value)
+
+
+def valid_value(prefix: str, value: str) -> bool:
+    hex_words = bool(value) and bool(HEX.match(value))
+    rules = {
+        "SW": lambda: value in ("single", "double", "off"),
+        "ER": lambda: value.isdigit() and len(value) <= 3,
+        "BC": lambda: bool(value),
+        "EP": lambda: hex_words and len(value) % 4 == 0 and 4 <= len(value) <= 124,
+        "PC": lambda: hex_words and len(value) == 4,
+        "CR": lambda: hex_words and len(value) == 4,
+        "RI": lambda: bool(re.fullmatch(r"-?[0-9]+", value)) and -128 <= int(value) <= 0,
+        "IX": lambda: bool(value),
+        "DT": lambda: bool(value),
+    }
+    rule = rules.get(prefix)
+    return rule is None or rule()
+
+
+def check_items(items: list[Item]) -> None:
     for item in items:
         if isinstance(item, TagSeen):
             assert item.epc == item.epc.upper() and len(item.epc) % 4 == 0
@@ -81,9 +167,16 @@ def run(chunks: list[bytes | None]) -> None:
             assert item.state in ("single", "double", "off")
         else:
             assert isinstance(item, BarcodeScanned) and item.data
-    sent = b"".join(c for c in chunks if c)
-    if sent.strip() and not items:
-        assert errors, sent
+
+
+def run(chunks: list[bytes | None]) -> None:
+    with example("tsl") as verdict:
+        items, errors = feed_chunks(chunks)
+        check_items(items)
+        replayed, counted = check_every_rejected_line_is_counted(chunks)
+        assert (replayed, counted) == (items, sum(errors.values())), "chunking changed the result"
+        if errors:
+            verdict.rejected_counted()
 
 
 @FAST
