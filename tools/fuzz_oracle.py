@@ -13,9 +13,9 @@ Each example ends in exactly one outcome kind:
   for LLRP the two exceptions sllurp's own code raises that drivers/llrp.py documents as a
   session end: `ReaderConfigurationError` (sllurp's main loop disconnects) and an exception
   from sllurp's state machine on a frame that decoded (`thread_died`, the module docstring).
-* failures, each of which fails the example: `failure_our_code` (an exception raised while
-  our code ran: a driver callback, the conversion, the framing, a parser of ours; also one that
-  sllurp caught and only logged, as it does for every callback), `failure_escaped` (a sllurp
+* failures, each of which fails the example: `failure_our_code` (an exception our code raised:
+  a driver callback, the conversion, the framing, a parser of ours; also one that sllurp caught
+  and only logged, as it does for every callback), `failure_escaped` (a sllurp
   decoder exception on a frame that did not decode escaped the driver's framing, which must
   count it instead), `failure_timeout` (the example ran past the per-example time limit: a
   hang or a pathologically slow input), `failure_check` (an invariant of the test failed).
@@ -93,23 +93,31 @@ def is_ours(filename: str) -> bool:
 
 
 def raised_by_sllurp(tb: TracebackType | None) -> bool:
-    """True when the exception was raised inside sllurp with none of our code below sllurp's
-    first frame: sllurp's own code failed, not a callback of ours that sllurp called."""
-    files = _files(tb)
-    first = next((i for i, name in enumerate(files) if SLLURP in name), None)
-    return first is not None and not any(is_ours(name) for name in files[first:])
+    """True when sllurp's code raised the exception: of the frames that are ours or sllurp's
+    (the standard library's do not count: `int()` or `re` fail on behalf of their caller), the
+    innermost is sllurp's. A callback of ours that raises is ours, whatever sllurp frames are
+    above it; an override of ours that only passes through to sllurp's method (`super()`) is
+    not what failed."""
+    for name in reversed(_files(tb)):
+        if SLLURP in name:
+            return True
+        if is_ours(name):
+            return False
+    return False  # no frame of either: count it against us
 
 
 def classify_llrp(exc: BaseException, decoded: bool) -> Kind:
     """An exception out of `_Client.raw_data_received` for one recv() chunk; `decoded` is
-    whether a frame of that chunk decoded before it was raised."""
-    if not raised_by_sllurp(exc.__traceback__):
-        return Kind.FAILURE_OUR_CODE
+    whether a frame of that chunk decoded before it was raised. ReaderConfigurationError is the
+    documented abort (sllurp's main loop disconnects; drivers/llrp.py re-raises it) whoever
+    raised it; any other exception must be sllurp's own, on a frame that decoded (thread_died)."""
     from sllurp.llrp_errors import ReaderConfigurationError  # only the LLRP fuzz needs sllurp
 
-    if isinstance(exc, ReaderConfigurationError) or decoded:
+    if isinstance(exc, ReaderConfigurationError):
         return Kind.REJECTED_BY_PARSER
-    return Kind.FAILURE_ESCAPED
+    if not raised_by_sllurp(exc.__traceback__):
+        return Kind.FAILURE_OUR_CODE
+    return Kind.REJECTED_BY_PARSER if decoded else Kind.FAILURE_ESCAPED
 
 
 class SwallowedExceptions(logging.Handler):

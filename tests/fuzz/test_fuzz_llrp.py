@@ -59,7 +59,8 @@ def run(harness: h.Harness, chunks: list[bytes], state: int) -> h.Outcome:
         outcome = feed(harness, chunks, state, verdict)
         h.check(outcome)
         h.check_reads(harness)
-        if outcome.malformed or outcome.bad_tags or outcome.desynced:
+        counted = outcome.malformed or outcome.bad_tags or outcome.desynced
+        if counted and verdict.kind is Kind.ACCEPTED:  # a session end is the weightier verdict
             verdict.rejected_counted()
     return outcome
 

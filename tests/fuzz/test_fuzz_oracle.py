@@ -8,10 +8,12 @@ import argparse
 import json
 import logging
 import signal
+import struct
 import time
 from pathlib import Path
 
 import pytest
+from sllurp.llrp import LLRPMessage
 
 from tools import fuzz
 from tools.fuzz_oracle import (
@@ -19,6 +21,7 @@ from tools.fuzz_oracle import (
     FuzzFailure,
     Kind,
     Tally,
+    classify_llrp,
     example,
     sllurp_exceptions,
 )
@@ -96,6 +99,18 @@ def test_an_exception_sllurp_only_logs_is_kept_when_it_is_ours() -> None:
         except RuntimeError:
             logging.getLogger("sllurp").exception("Error during callback. Continuing anyway...")
     assert [type(exc) for exc in swallowed.ours()] == [RuntimeError]
+
+
+def decode_through_an_override_of_ours(frame: bytes) -> object:
+    """Like the driver's `_ProtocolClient` overrides: ours on the stack, sllurp doing the work."""
+    return LLRPMessage(msgbytes=frame)
+
+
+def test_sllurps_own_exception_through_a_pass_through_override_is_sllurps() -> None:
+    with pytest.raises(struct.error) as caught:
+        decode_through_an_override_of_ours(bytes.fromhex("043d0000000b00000001e1"))
+    assert classify_llrp(caught.value, decoded=True) is Kind.REJECTED_BY_PARSER
+    assert classify_llrp(caught.value, decoded=False) is Kind.FAILURE_ESCAPED
 
 
 def test_the_report_counts_what_ran(tmp_path: Path) -> None:
