@@ -180,7 +180,11 @@ class Gateway:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("driver %s crashed; restarting it in 5 s", driver.name)
+                log.exception(
+                    "driver %s crashed; restarting it in %.0f s",
+                    driver.name,
+                    DRIVER_RESTART_DELAY_S,
+                )
                 driver.count_error("driver_crash")
                 await asyncio.sleep(DRIVER_RESTART_DELAY_S)
 
