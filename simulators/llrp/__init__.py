@@ -1,5 +1,7 @@
 """LLRP 1.0.1 reader simulator: several readers, each an asyncio TCP server on its own port,
-modelled on an Impinj Speedway R420 (whose real capabilities and config responses it serves).
+modelled on an Impinj Speedway R420 (whose real capabilities and config responses it serves),
+or, with `ReaderSpec(profile="zebra")`, on a Zebra FX reader (profiles.py). `stale_session_s`
+starts a reader held by a client gone without closing (new clients are refused until then).
 
 It never imports drivers/ nor sllurp at runtime: `codec.py` is its own encoder/decoder.
 

@@ -3,8 +3,12 @@
     fc-edge simulate llrp --scenario FILE [--host 127.0.0.1] [--truth FILE]
                           [--gateway-config FILE [--state-dir D] [--mqtt-url URL]]
                           [--speed N] [--control-port N] [--grace-s S] [--start-delay-s S]
+                          [--profile impinj|zebra] [--stale-session-s S]
 
-FILE may also name a bundled scenario ("dock-receive").
+FILE may also name a bundled scenario ("dock-receive"). `--profile` says what every reader is
+(simulators/llrp/profiles.py: the Impinj R420, or a Zebra FX reader); `--stale-session-s S`
+starts each reader held by a client that is gone without closing: connections are refused
+("a Client initiated connection already exists") until S seconds after start.
 
 The first stdout line (flushed) says where everything listens:
     {"readers": {"NAME": {"host": ..., "port": ...}}, "control": {"host": ..., "port": ...}}
@@ -26,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from simulators.llrp.profiles import PROFILES
 from simulators.llrp.server import Read, ReaderSpec, SimServer
 
 logger = logging.getLogger("simulators.llrp.cli")
@@ -63,10 +68,16 @@ async def serve(
     write_config: Callable[[dict[str, int]], None] | None = None,
     out: TextIO = sys.stdout,
     stop: asyncio.Event | None = None,
+    profile: str = "impinj",
+    stale_session_s: float = 0.0,
 ) -> dict[str, Any]:
     """Run the readers; returns the final stats. `duration_s` is in scenario seconds."""
+    specs = [
+        ReaderSpec(name, reads=list(rs), profile=profile, stale_session_s=stale_session_s)
+        for name, rs in reads.items()
+    ]
     server = SimServer(
-        [ReaderSpec(name, reads=list(rs)) for name, rs in reads.items()],
+        specs,
         host=host,
         speed=speed,
         control_port=control_port,
@@ -116,14 +127,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state-dir", default="state", help="state_dir of the gateway config")
     p.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="broker of that config")
+    p.add_argument(
+        "--profile", choices=sorted(PROFILES), default="impinj", help="what the readers are"
+    )
+    p.add_argument(
+        "--stale-session-s",
+        type=float,
+        default=0.0,
+        help="a stale client holds each reader this long after start (refused until then)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
-    if args.speed <= 0 or args.start_delay_s < 0 or args.grace_s < 0:
-        print("error: --speed must be > 0, --start-delay-s and --grace-s >= 0", file=sys.stderr)
+    if args.speed <= 0 or min(args.start_delay_s, args.grace_s, args.stale_session_s) < 0:
+        print(
+            "error: --speed must be > 0, --start-delay-s, --grace-s and --stale-session-s >= 0",
+            file=sys.stderr,
+        )
         return 2
     from simulators import scenario as scenarios
 
@@ -158,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             truth=rendering.truth,
             truth_path=args.truth,
             write_config=write_config,
+            profile=args.profile,
+            stale_session_s=args.stale_session_s,
         )
     )
     return 0

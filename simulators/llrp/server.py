@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from simulators.llrp import codec, r420
+from simulators.llrp import codec
 from simulators.llrp.errors import FaultError
+from simulators.llrp.profiles import PROFILES, Profile, foreign_custom_vendor
 
 logger = logging.getLogger("simulators.llrp")
 
@@ -65,6 +66,13 @@ class ReaderSpec:
     # protection": up to 66,000 messages) and sent, with their times, right after the next
     # ROSpec starts; 0: dropped and counted, as a reader without buffering does.
     buffer_reads: int = 0
+    # What the reader says it is and does (simulators/llrp/profiles.py): "impinj" | "zebra".
+    profile: str = "impinj"
+    # A client that went away without closing still holds the reader this long after start:
+    # new connections are refused until the reader's own timeout for it drops that session.
+    stale_session_s: float = 0.0
+    # Overrides the profile's interval between empty RO_ACCESS_REPORTs (None: the profile's).
+    empty_report_interval_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -135,6 +143,7 @@ class SimReader:
         self.spec = spec
         self.server = server
         self.port = spec.port
+        self.profile = _profile(spec.profile)
         self.stats: Counter[str] = Counter()
         self.rospecs: dict[int, _ROSpec] = {}
         self.keepalive_ms = 0
@@ -151,6 +160,7 @@ class SimReader:
         self.silent = False
         self.no_mode_table = False
         self.refuse_until = 0.0
+        self.stale_until = 0.0  # loop time until which a stale client holds the reader
         self._armed: dict[str, str | None] = {}  # one-shot fault -> kind
         self._backlog: list[_ScriptedRead] = []  # buffered while no client inventoried
         self._add_reads_now(spec.reads)
@@ -166,6 +176,18 @@ class SimReader:
 
     def clear_faults(self) -> dict[str, Any]:
         return self.set_fault("clear")
+
+    def hold_stale_session(self, seconds: float) -> dict[str, Any]:
+        """From now on, a client that is gone without closing holds the reader for `seconds`
+        (until the reader's own timeout for it would drop it); returns the status."""
+        if seconds < 0:
+            raise FaultError(f"seconds must be >= 0, got {seconds!r}")
+        return self.server.call(self._hold_stale_session_now, seconds)
+
+    def _hold_stale_session_now(self, seconds: float) -> dict[str, Any]:
+        self.stale_until = asyncio.get_running_loop().time() + seconds
+        logger.info("reader %s: held by a stale client for %.1f s", self.name, seconds)
+        return self._status_now()
 
     def add_reads(self, reads: Iterable[Read]) -> int:
         """Schedule more reads (t relative to the simulator's start); returns how many were
@@ -409,12 +431,17 @@ class SimReader:
         self._reads_changed = asyncio.Event()
         self._tcp_server = await asyncio.start_server(self._on_connect, host, self.port)
         self.port = self._tcp_server.sockets[0].getsockname()[1]
+        if self.spec.stale_session_s > 0:
+            self._hold_stale_session_now(self.spec.stale_session_s)
 
     def start_playback(self) -> None:
         """Once the server's clock is set: play the reads (and run the generator)."""
         self._tasks.append(asyncio.create_task(self._playback(), name=f"llrp-sim-{self.name}"))
         if self.spec.generator is not None:
             self._tasks.append(asyncio.create_task(self._generate(self.spec.generator)))
+        interval = self.spec.empty_report_interval_s or self.profile.empty_report_interval_s
+        if interval:
+            self._tasks.append(asyncio.create_task(self._send_empty_reports(interval)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -447,8 +474,13 @@ class SimReader:
             self.stats["connections_refused_fault"] += 1
             writer.transport.abort()
             return
+        if loop.time() < self.stale_until:
+            self.stats["connections_refused_stale"] += 1
+            await self._refuse_second_client(None, writer)
+            return
         current = self._session
         if current is not None and not current.closed:
+            self.stats["connections_refused_busy"] += 1
             await self._refuse_second_client(current, writer)
             return
         session = _Session(writer)
@@ -469,15 +501,16 @@ class SimReader:
                 self._session = None
             logger.info("reader %s: client %s gone", self.name, session.peer)
 
-    async def _refuse_second_client(self, current: _Session, writer: asyncio.StreamWriter) -> None:
+    async def _refuse_second_client(
+        self, current: _Session | None, writer: asyncio.StreamWriter
+    ) -> None:
         """LLRP 1.0.1 §14.1.1: the reader reports Failed (a Client initiated connection already
-        exists) on the new connection and closes it; the client in session hears that another
-        connection was attempted."""
-        self.stats["connections_refused_busy"] += 1
+        exists) on the new connection and closes it; the client in session (None: a stale one,
+        gone without closing) hears that another connection was attempted."""
         now_us = time.time_ns() // 1000
         status = codec.CONN_FAILED_CLIENT_CONNECTION_EXISTS
         writer.write(codec.reader_event(self._next_id(), now_us, connection_status=status))
-        if current.announced and not self.silent:
+        if current is not None and current.announced and not self.silent:
             another = codec.CONN_ANOTHER_CONNECTION_ATTEMPTED
             current.write(codec.reader_event(self._next_id(), now_us, connection_status=another))
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
@@ -570,15 +603,35 @@ class SimReader:
         }
 
     def _get_capabilities(self, fr: codec.Frame) -> bytes:
-        payload = r420.CAPABILITIES_PAYLOAD
+        payload = self.profile.capabilities
         if self.no_mode_table:
             payload = codec.strip_param(payload, codec.P_UHF_C1G2_RF_MODE_TABLE)
         return codec.frame(codec.GET_READER_CAPABILITIES_RESPONSE, fr.msg_id, payload)
 
     def _get_config(self, fr: codec.Frame) -> bytes:
-        return codec.frame(codec.GET_READER_CONFIG_RESPONSE, fr.msg_id, r420.READER_CONFIG_PAYLOAD)
+        return codec.frame(codec.GET_READER_CONFIG_RESPONSE, fr.msg_id, self.profile.reader_config)
+
+    def _foreign_custom_error(self, fr: codec.Frame) -> bytes | None:
+        """The error a reader that does not take another vendor's custom parameters answers a
+        configuration carrying one with (profiles.py), or None."""
+        allowed = self.profile.custom_vendors
+        vendor = None if allowed is None else foreign_custom_vendor(fr.body, allowed)
+        if vendor is None:
+            return None
+        self.stats["custom_parameters_rejected"] += 1
+        name = codec.MESSAGE_NAMES.get(fr.msg_type, fr.msg_type)
+        logger.info("reader %s: %s with a custom parameter of vendor %d", self.name, name, vendor)
+        return codec.status_response(
+            fr.msg_type + 10,
+            fr.msg_id,
+            codec.STATUS_UNSUPPORTED_PARAMETER,
+            f"custom parameter of vendor {vendor} not supported",
+        )
 
     def _set_config(self, fr: codec.Frame) -> bytes:
+        error = self._foreign_custom_error(fr)
+        if error is not None:
+            return error
         change = codec.decode_set_reader_config(fr.body)
         if change.reset_to_factory_defaults:
             self.keepalive_ms = 0
@@ -590,6 +643,9 @@ class SimReader:
         return codec.status_response(codec.SET_READER_CONFIG_RESPONSE, fr.msg_id)
 
     def _add_rospec(self, fr: codec.Frame) -> bytes:
+        error = self._foreign_custom_error(fr)
+        if error is not None:
+            return error
         info = codec.decode_add_rospec(fr.body)
         response = codec.ADD_ROSPEC_RESPONSE
         if info.rospec_id == 0:
@@ -685,6 +741,16 @@ class SimReader:
             )
         return codec.status_response(codec.DELETE_ACCESSSPEC_RESPONSE, fr.msg_id)
 
+    async def _send_empty_reports(self, interval_s: float) -> None:
+        """An RO_ACCESS_REPORT without TagReportData now and then while inventorying, as Zebra
+        FX readers send them (sllurp issue 115)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            session, rospec = self._reporting_target()
+            if session is not None and rospec is not None:
+                session.write(codec.frame(codec.RO_ACCESS_REPORT, self._next_id()))
+                self.stats["empty_reports_sent"] += 1
+
     # --- keepalive ---------------------------------------------------------------------------
 
     def _restart_keepalive(self, session: _Session) -> None:
@@ -713,6 +779,8 @@ class SimReader:
         loop = asyncio.get_running_loop()
         return {
             "name": self.name,
+            "profile": self.profile.name,
+            "stale_session_s": max(0.0, round(self.stale_until - loop.time(), 3)),
             "host": self.server.host,
             "port": self.port,
             "connected": self.connected,
@@ -728,6 +796,13 @@ class SimReader:
             "reads_pending": len(self._pending) - self._pending_pos,
             "stats": dict(self.stats),
         }
+
+
+def _profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown reader profile {name!r}; one of {sorted(PROFILES)}") from None
 
 
 def _check_fault(fault: str, seconds: float | None, kind: str | None) -> None:
