@@ -16,8 +16,24 @@ sllurp alone does not survive a real site (see DESIGN.md §5):
   (`connection_lost`), the sllurp thread died without telling anyone (`thread_died`, e.g. a
   capabilities response without `UHFC1G2RFModeTable`), nothing decoded — no report and no
   KEEPALIVE — for 2 x keepalive_s (`liveness`), the handshake did not reach INVENTORYING within
-  handshake_timeout_s (`handshake_timeout`), the frame stream lost sync (`malformed`), or the
-  TCP connect failed (`connect_failed`). Each cause is counted with `count_reconnect`.
+  handshake_timeout_s (`handshake_timeout`), the frame stream lost sync (`malformed`), the
+  TCP connect failed (`connect_failed`), or the reader refused us because another client holds
+  it (`connection_exists`, below). Each cause is counted with `count_reconnect`.
+* **Which reader.** GET_READER_CAPABILITIES names the vendor and model
+  (GeneralDeviceCapabilities); the driver logs them and keeps them in `identity`. Impinj's
+  extensions (custom messages and parameters) go to Impinj readers only: a Zebra FX answers
+  them with an error (sllurp issues 118/119, EdgeX device-rfid-llrp-go issue 278). The driver
+  requests none today; `_ProtocolClient` drops any that sllurp's config carries once the
+  capabilities show another vendor, before SET_READER_CONFIG and ADD_ROSPEC are built.
+* **A reader held by a stale client.** An LLRP reader takes one client. One that still holds
+  a session of ours that died without closing (a crash, a cut cable) answers a new connection
+  with READER_EVENT_NOTIFICATION ConnectionAttemptEvent "Failed (a Client initiated connection
+  already exists)" and closes it (LLRP 1.0.1 §13.2.6.11). LLRP gives the newcomer no way to
+  close another client's session (CLOSE_CONNECTION acts on one's own), so the takeover is to
+  wait: a reader frees a session whose peer stopped answering once its own timeout for it
+  expires (TCP retransmission of its KEEPALIVEs and reports, or a keepalive-ack check), and we
+  retry with our backoff until it has. Each refusal counts as `connection_exists`, logged once
+  until we are in again (docs/drivers/llrp.md).
 * **Closing** is `disconnect()` then `hard_disconnect()` on a daemon thread with a deadline
   (disconnect() alone is racy and can hang; a daemon thread never blocks interpreter exit).
 
@@ -39,6 +55,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from socket import SHUT_RDWR
 from typing import Any, ClassVar, Literal
 
@@ -74,22 +91,52 @@ ReconnectCause = Literal[
     "liveness",
     "handshake_timeout",
     "malformed",
+    "connection_exists",
     "internal_error",
 ]
+
+# IANA enterprise numbers as readers put them in GeneralDeviceCapabilities.DeviceManufacturerName.
+VENDOR_IMPINJ = 25882
+# Zebra FX readers report 24831 (sllurp issue 115, an FX reader on FW 1.6.5) and use 161
+# (Motorola Solutions, whose RFID line Zebra bought) on their custom parameters; 10642 is
+# Zebra Technologies' own number.
+VENDOR_NAMES = {VENDOR_IMPINJ: "Impinj", 161: "Zebra", 24831: "Zebra", 10642: "Zebra"}
+# ConnectionAttemptEvent statuses (sllurp's names) meaning another client holds the reader.
+_HELD_BY_ANOTHER_CLIENT = (
+    "Failed (a Reader initiated connection already exists)",
+    "Failed (a Client initiated connection already exists)",
+)
+# sllurp's config settings that make it send Impinj's custom messages or parameters.
+_IMPINJ_SETTINGS = (
+    "impinj_search_mode",
+    "impinj_tag_content_selector",
+    "impinj_extended_configuration",
+    "impinj_event_selector",
+)
 
 
 # --- logging ---------------------------------------------------------------------------------
 
 
-class _TooFewBytesFilter(logging.Filter):
-    """Drops sllurp's "Too few bytes ... to unpack message header" warning (a recv boundary that
-    splits a header: harmless, ~440 per 200k one-tag reports) and nothing else."""
+class _SllurpNoiseFilter(logging.Filter):
+    """Drops two sllurp messages and nothing else: "Too few bytes ... to unpack message header"
+    (a recv boundary that splits a header: harmless, ~440 per 200k one-tag reports), and its
+    CRITICAL "Could not start session on reader" for a reader another client holds, which it
+    logs on every attempt; the driver counts that cause and logs it once (`connection_exists`).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, str) and record.msg.startswith("Too few bytes"))
+        msg = record.msg
+        if not isinstance(msg, str):
+            return True
+        if msg.startswith("Too few bytes"):
+            return False
+        if msg.startswith("Could not start session") and isinstance(record.args, tuple):
+            return not any(status in record.args for status in _HELD_BY_ANOTHER_CLIENT)
+        return True
 
 
-_FILTER = _TooFewBytesFilter()
+_FILTER = _SllurpNoiseFilter()
 
 
 def install_log_filter() -> None:
@@ -119,13 +166,79 @@ def epc_of(tag: Mapping[str, Any]) -> str | None:
     return text.upper() if text else None
 
 
+# --- the reader's identity -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderIdentity:
+    """Who made the reader and what it is, from GET_READER_CAPABILITIES."""
+
+    vendor_id: int
+    model: int
+    firmware: str
+    utc_clock: bool
+
+    @property
+    def vendor(self) -> str:
+        return VENDOR_NAMES.get(self.vendor_id, f"vendor {self.vendor_id}")
+
+    @property
+    def is_impinj(self) -> bool:
+        return self.vendor_id == VENDOR_IMPINJ
+
+    def describe(self) -> str:
+        clock = "UTC clock" if self.utc_clock else "no UTC clock"
+        return f"{self.vendor} model {self.model}, firmware {self.firmware}, {clock}"
+
+
+def reader_identity(capabilities: Mapping[str, Any]) -> ReaderIdentity | None:
+    """The identity in sllurp's decoded GET_READER_CAPABILITIES_RESPONSE, or None."""
+    try:
+        gdc = capabilities["GeneralDeviceCapabilities"]
+        firmware = gdc.get("ReaderFirmwareVersion", b"")
+        if isinstance(firmware, bytes | bytearray):
+            firmware = firmware.decode("ascii", "replace")
+        return ReaderIdentity(
+            int(gdc["DeviceManufacturerName"]),
+            int(gdc["ModelName"]),
+            str(firmware),
+            bool(gdc.get("HasUTCClockCapability", False)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def drop_impinj_settings(config: Any) -> list[str]:
+    """Clear what would make sllurp send Impinj extensions from its LLRPReaderConfig; returns
+    the names of those that were set."""
+    dropped = [name for name in _IMPINJ_SETTINGS if getattr(config, name, None)]
+    for name in dropped:
+        setattr(config, name, None)
+    frequencies = getattr(config, "frequencies", None)
+    if isinstance(frequencies, dict) and frequencies.get("Automatic"):
+        frequencies["Automatic"] = False  # automatic frequency selection is Impinj's too
+        dropped.append("frequencies.Automatic")
+    return dropped
+
+
 # --- the sllurp client, one per connection ---------------------------------------------------
 
 
 class _ProtocolClient(LLRPClient):
-    """sllurp's state machine with the one ROSpec fix: ROReportSpec N = report_n_tags."""
+    """sllurp's state machine with two additions: ROReportSpec N = report_n_tags, and the
+    reader's identity reported (and Impinj settings dropped for another vendor's reader) as
+    soon as its capabilities are decoded, before sllurp builds SET_READER_CONFIG/ADD_ROSPEC."""
 
     report_n_tags: int = 1
+    on_identity: Callable[[ReaderIdentity, list[str]], None] | None = None
+
+    def parseCapabilities(self, capdict: Any) -> Any:  # noqa: N802 (sllurp's name)
+        identity = reader_identity(capdict)
+        if identity is not None:
+            dropped = [] if identity.is_impinj else drop_impinj_settings(self.config)
+            if self.on_identity is not None:
+                self.on_identity(identity, dropped)
+        return super().parseCapabilities(capdict)
 
     def getROSpec(self, force_new: bool = False) -> Any:  # noqa: N802 (sllurp's name)
         rospec = super().getROSpec(force_new=force_new)
@@ -150,13 +263,15 @@ class _Client(LLRPReaderClient):
         report_n_tags: int,
         on_frame_error: Callable[[str, bool], None],
         on_chunk_done: Callable[[], None],
+        on_identity: Callable[[ReaderIdentity, list[str]], None],
         socket_timeout_s: float,
     ) -> None:
         super().__init__(host, port, config, timeout=socket_timeout_s)
         # Re-class sllurp's own state machine instead of building a second one (which would log
-        # its start-up lines twice); _ProtocolClient only overrides getROSpec.
+        # its start-up lines twice); _ProtocolClient only overrides two of its methods.
         self.llrp.__class__ = _ProtocolClient
         self.llrp.report_n_tags = report_n_tags
+        self.llrp.on_identity = on_identity
         self._buffer = bytearray()
         self._desynced = False
         self._decoded = 0
@@ -243,6 +358,7 @@ class _Session:
             report_n_tags=opts.report_n_tags,
             on_frame_error=self._on_frame_error,
             on_chunk_done=self._flush,
+            on_identity=driver.note_identity,
             socket_timeout_s=min(5.0, opts.handshake_timeout_s),
         )
         self.client.add_tag_report_callback(self._on_tags)
@@ -256,6 +372,7 @@ class _Session:
         self.not_inventorying_since: float | None = now
         self.inventorying = False
         self.disconnected = False
+        self.held_by_another_client = False  # the reader refused us: another client holds it
         self.desynced = False
         self.pending: list[TagRead] = []
         self._lock = threading.Lock()
@@ -264,17 +381,29 @@ class _Session:
     # ---- sllurp thread ----
     def _on_tags(self, _reader: Any, tags: Iterable[Mapping[str, Any]]) -> None:
         self.last_alive = time.monotonic()
+        if not tags:
+            # An RO_ACCESS_REPORT without tags (Zebra FX readers send them, sllurp issue 115):
+            # no error, and like a KEEPALIVE it says the reader has sent all it read so far.
+            self.driver.sink.progress(self.driver.name, now_us())
+            return
         reads = self.driver.convert(tags, now_us())
         with self._lock:
             self.pending.extend(reads)
 
     def _on_event(self, _reader: Any, msg: Any) -> None:
         """A READER_EVENT_NOTIFICATION carries the reader's clock: the first one comes at
-        connect, before any backlog, so the offset is known before stale reads arrive."""
+        connect, before any backlog, so the offset is known before stale reads arrive. It also
+        says whether the reader let us in (ConnectionAttemptEvent)."""
         try:
             data = msg.msgdict["READER_EVENT_NOTIFICATION"]["ReaderEventNotificationData"]
+        except (AttributeError, KeyError, TypeError):
+            return
+        attempt = data.get("ConnectionAttemptEvent")
+        if isinstance(attempt, Mapping) and attempt.get("Status") in _HELD_BY_ANOTHER_CLIENT:
+            self.held_by_another_client = True  # the reader closes the connection next
+        try:
             stamp = int(data["UTCTimestamp"]["Microseconds"])
-        except (AttributeError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             return  # no timestamp (an uptime clock): the reads will tell
         self.driver.clock.correct(stamp, now_us())
 
@@ -342,6 +471,8 @@ class _Session:
 
     def failure(self, now: float, opts: LLRPOptions) -> ReconnectCause | None:
         """Why this session must end, or None while it is healthy."""
+        if self.held_by_another_client:  # (checked first: the reader hangs up right after)
+            return "connection_exists"
         if self.disconnected:
             return "connection_lost"
         if self.desynced:
@@ -412,6 +543,7 @@ class LLRPDriver(Driver):
         self.session: _Session | None = None
         self._failing: str | None = None  # the failure cause last logged
         self._was_up = False
+        self.identity: ReaderIdentity | None = None  # from the last capabilities seen
 
     # ---- logging once ----
     def log_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
@@ -428,6 +560,19 @@ class LLRPDriver(Driver):
                 self._logged.discard(key)
                 return True
             return False
+
+    def note_identity(self, identity: ReaderIdentity, dropped: list[str]) -> None:
+        """The reader's capabilities were decoded (sllurp thread): log who it is when that
+        changes (first connect, or the reader was swapped), and any Impinj setting dropped."""
+        if identity != self.identity:
+            log.info("%s: the reader is %s", self.name, identity.describe())
+            self.identity = identity
+        if dropped:
+            self.log_once(
+                "impinj_settings",
+                f"not sending Impinj extensions ({', '.join(dropped)}) to a {identity.vendor} "
+                "reader, which would reject them",
+            )
 
     # ---- conversion (sllurp thread) ----
     def convert(self, tags: Iterable[Mapping[str, Any]], arrival_us: int) -> list[TagRead]:
@@ -573,5 +718,7 @@ def _explain(cause: str) -> str:
         "liveness": "no report and no KEEPALIVE for 2 x keepalive_s",
         "handshake_timeout": "the reader did not start inventorying within handshake_timeout_s",
         "malformed": "the reader sent a malformed frame",
+        "connection_exists": "the reader refused us: another client holds it (a stale session "
+        "of ours?); retrying until the reader's keepalive timeout drops that session",
         "internal_error": "an unexpected error in the driver",
     }.get(cause, cause)
