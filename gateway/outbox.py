@@ -21,7 +21,7 @@ change, kept by the outbox thread with each change, and runs no query.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,12 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
 MIGRATIONS = {1: _migrate_v1}
 
 
+def connect_sqlite3(path: Path) -> sqlite3.Connection:
+    """The outbox's connection: autocommit (it opens every transaction itself with BEGIN
+    IMMEDIATE), and usable from the one outbox thread that is not the thread that opened it."""
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+
 class Outbox:
     def __init__(
         self,
@@ -113,8 +119,13 @@ class Outbox:
         max_bytes: int = 2**30,
         when_full: str = "drop_oldest",
         synchronous: str = "full",
+        connect: Callable[[Path], sqlite3.Connection] = connect_sqlite3,
     ) -> None:
+        """`connect` is a test seam, nothing else: the power-cut test runs these very statements
+        on a connection whose SQLite records every write and sync (an apsw VFS: the stdlib
+        sqlite3 cannot take a VFS written in Python)."""
         self.path = Path(path)
+        self._connect = connect
         self.max_bytes = max_bytes
         self.when_full = when_full
         self._leased_upto = 0  # rowids <= this have been handed to the publisher
@@ -128,7 +139,7 @@ class Outbox:
     def _open(self, synchronous: str) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = self._connect(self.path)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             conn.execute("PRAGMA busy_timeout=5000")
