@@ -73,6 +73,10 @@ class ReaderSpec:
     stale_session_s: float = 0.0
     # Overrides the profile's interval between empty RO_ACCESS_REPORTs (None: the profile's).
     empty_report_interval_s: float | None = None
+    # Close a session after this many KEEPALIVEs in a row went unacknowledged (0: never), the
+    # way a reader frees itself of a client that stopped answering (Impinj calls it link
+    # monitoring); a client stuck half-open then holds the reader only that long.
+    keepalive_ack_limit: int = 0
 
 
 @dataclass(slots=True)
@@ -111,6 +115,7 @@ class _Session:
         self.announced = False  # the ConnectionAttemptEvent went out
         self.closed = False
         self.keepalive_task: asyncio.Task[None] | None = None
+        self.unacked_keepalives = 0
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -554,6 +559,8 @@ class SimReader:
 
     async def _handle(self, session: _Session, fr: codec.Frame) -> None:
         self.stats[f"rx_{codec.MESSAGE_NAMES.get(fr.msg_type, fr.msg_type)}"] += 1
+        if fr.msg_type == codec.KEEPALIVE_ACK:
+            session.unacked_keepalives = 0
         if fr.version != codec.LLRP_VERSION:
             self.stats["client_frames_rejected"] += 1
             session.write(
@@ -766,7 +773,14 @@ class SimReader:
             await asyncio.sleep(interval)
             if session.closed or self.silent or not session.announced:
                 continue
+            limit = self.spec.keepalive_ack_limit
+            if limit and session.unacked_keepalives >= limit:
+                logger.info("reader %s: %d KEEPALIVEs unacknowledged: closing", self.name, limit)
+                self.stats["sessions_dropped_unacked_keepalives"] += 1
+                session.abort()
+                return
             session.write(codec.keepalive(self._next_id()))
+            session.unacked_keepalives += 1
             self.stats["keepalives_sent"] += 1
 
     # --- misc --------------------------------------------------------------------------------

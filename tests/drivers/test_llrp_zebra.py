@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,6 +157,37 @@ def test_a_reader_held_by_a_stale_client_is_taken_over(caplog: pytest.LogCapture
         reads_flow(sim, sink)
         assert drv.backoff.attempt == 1
         assert not drv.health().errors
+
+
+def hold_half_open(port: int, keepalive_ms: int) -> socket.socket:
+    """A client that asks for KEEPALIVEs and then never answers again, as a gateway that froze
+    or lost its network does: the reader still counts it as its client."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    splitter = codec.FrameSplitter()
+    while not splitter.feed(sock.recv(65536)):
+        pass  # the connection event
+    keepalive_spec = codec.tlv(codec.P_KEEPALIVE_SPEC, struct.pack("!BI", 1, keepalive_ms))
+    sock.sendall(codec.frame(codec.SET_READER_CONFIG, 1, b"\x00" + keepalive_spec))
+    return sock
+
+
+def test_a_half_open_client_is_dropped_by_the_reader_and_the_driver_gets_in() -> None:
+    with zebra(keepalive_ack_limit=3) as sim:
+        reader = sim.reader(READER)
+        stale = hold_half_open(reader.port, keepalive_ms=300)
+        try:
+            with driving(reader.port, reconnect_max_s=0.5) as (drv, sink, _):
+                wait_for(lambda: reconnects(drv, "connection_exists") >= 1, timeout=5)
+                reads_flow(sim, sink, timeout=10)
+                stats = reader.status()["stats"]
+                assert stats["sessions_dropped_unacked_keepalives"] == 1
+                assert stats["connections_refused_busy"] == reconnects(drv, "connection_exists")
+                # The driver acknowledges every KEEPALIVE: its own session is never dropped.
+                time.sleep(1.5)  # five keepalive periods of the driver's 0.3 s
+                assert reader.status()["stats"]["sessions_dropped_unacked_keepalives"] == 1
+                assert drv.health().state == "up"
+        finally:
+            stale.close()
 
 
 # --- `fc-edge simulate llrp --profile zebra` -------------------------------------------------
