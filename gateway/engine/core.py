@@ -312,6 +312,10 @@ class Engine:
         sighted: dict[int, set[tuple[str, str]]] = {}
         for (reader, _), place in config.places.items():
             sighted.setdefault(self._loc_ids[place.location], set()).add((reader, _via(place)))
+        self._portal_side = [False] * len(self.locs)  # a portal's inside or outside (_win)
+        for place in config.places.values():
+            if place.portal is not None:
+                self._portal_side[self._loc_ids[place.location]] = True
         self._sighted_by: list[tuple[str, str | None]] = [
             next(iter(sighted[lid])) if len(sighted.get(lid, ())) == 1 else ("engine", None)
             for lid in range(len(self.locs))
@@ -874,6 +878,7 @@ class Engine:
             if c == lid and t - self._t_cand[i] <= self.locs[c].gap_us:
                 sc = self._s_cand[i]
                 self._s_cand[i] = sc + self.locs[c].alpha * (rssi - sc)
+                self._count_challenger_read(i, t)
             self._suppress_stray(place, read.reader, cur)
             return
         new = self.locs[lid]
@@ -911,10 +916,7 @@ class Engine:
             s += new.alpha * (rssi - s)
             self._s_cand[i] = s
             self._n_cand[i] = min(self._n_cand[i] + 1, 65535)
-            k = self._k_lead[i]
-            if k == 0:
-                self._t_k0[i] = t  # the count lead starts (again) here
-            self._k_lead[i] = min(k + 1, 127)  # (only up to _OUTREAD matters)
+            self._count_challenger_read(i, t)
             if rssi > self._peak[i]:
                 self._peak[i] = rssi
         self._t_cand[i] = t
@@ -955,13 +957,29 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        if t - lead < self._confirm_us(i, cur, new) or not outread:
+        if not outread:
             return
-        # The challenger wins. The movement is dated when the new location took the lead, or
-        # began to out-read the old one if that came first (the evidence shows the tag there
-        # from then on); this read, which made it conclusive, is observed.last_seen: when it
-        # was decided.
-        lead = min(lead, self._t_k0[i])
+        if t - lead < self._confirm_us(i, cur, new):
+            # Read no more before then (a case that left the field from its new zone), it has
+            # held as well unless the old location read it: _check_absence judges it then.
+            self._book(i, (lead + int(self._confirm_us(i, cur, new))) // self._tick_us + 1)
+            return
+        self._win(i, s, t, read.reader, _via(place), step)
+
+    def _win(self, i: int, s: float, t: int, source: str, via: str | None, step: Step) -> None:
+        """The challenger wins; `t`, the read that made it conclusive, is observed.last_seen:
+        when it was decided. The movement is dated when the evidence shows the tag there:
+        * into a zone, when the new location began to out-read the old one (the count lead's
+          change point), if its lead came later: levels that swap for seconds start the lead
+          late, seconds after an item was carried over;
+        * through a portal, when the far side took the lead: it out-reads the near side from
+          the crossing's middle, but a pallet has crossed only once the far side alone holds
+          it (the date portal evaluations with a 2 s tolerance confirm)."""
+        old, lid = self.locs[self._loc[i]], self._cand[i]
+        n = self._n_cand[i]
+        lead = self._t_lead[i]
+        if not self._portal_side[lid]:
+            lead = min(lead, self._t_k0[i])
         observed = Observed(n, float(self._peak[i]), lead, t)
         self._loc[i] = lid
         self._s_cur[i] = s
@@ -974,7 +992,16 @@ class Engine:
         self._t_lead[i] = NEVER
         self._k_lead[i] = 0
         self._clear_evidence(i)
-        self._emit(i, old, new, lead, read.reader, _via(place), observed, step)
+        self._emit(i, old, self.locs[lid], lead, source, via, observed, step)
+
+    def _count_challenger_read(self, i: int, t: int) -> None:
+        """One more read at the challenger's location, evidence or not: the count lead counts
+        them all, as it counts every read where the tag is (its bound on a parked tag's false
+        moves assumes both sides are counted alike)."""
+        k = self._k_lead[i]
+        if k == 0:
+            self._t_k0[i] = t  # the count lead starts (again) here
+        self._k_lead[i] = min(k + 1, 127)  # (only up to _OUTREAD matters)
 
     def _read_here(self, i: int, lid: int, t: int) -> None:
         """A read at the tag's current location, newer than its last one there: learn the
@@ -1237,6 +1264,19 @@ class Engine:
     def _check_absence(self, i: int, horizon: int, step: Step) -> None:
         seen = self._seen[i]
         cur = self._loc[i]
+        c = self._cand[i]
+        if (
+            c != NONE
+            and not self._tentative[i]
+            and self._t_lead[i] != NEVER
+            and self._k_lead[i] >= _OUTREAD
+            and horizon - self._t_lead[i] >= self._confirm_us(i, cur, self.locs[c])
+        ):
+            # A move whose reads ended before its confirmation time (a case that left the
+            # field from its new zone): every read up to the horizon is judged, none undid it.
+            source, via = self._sighted_by[c]
+            self._win(i, self._s_cand[i], self._t_cand[i], source, via, step)
+            return
         if (
             cur != NONE
             and self._tentative[i]

@@ -703,6 +703,7 @@ class Engine:
             if c == lid and t - self._t_cand[i] <= self.locs[c].gap_us:
                 sc = self._s_cand[i]
                 self._s_cand[i] = sc + self.locs[c].alpha * (rssi - sc)
+                self._count_challenger_read(i, t)  # the count lead counts every read there
             self._suppress_stray(place, read.reader, cur)
             return
         new = self.locs[lid]
@@ -738,9 +739,7 @@ class Engine:
             s += new.alpha * (rssi - s)
             self._s_cand[i] = s
             self._n_cand[i] = min(self._n_cand[i] + 1, 65535)
-            if self._k_lead[i] == 0:
-                self._t_k0[i] = t
-            self._k_lead[i] = min(self._k_lead[i] + 1, 127)
+            self._count_challenger_read(i, t)
             if rssi > self._peak[i]:
                 self._peak[i] = rssi
         self._t_cand[i] = t
@@ -780,12 +779,29 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        if t - lead < self._confirm_us(i, cur, new) or not outread:
+        if not outread:
             return
-        # The challenger wins. The movement is dated when the new location took the lead or
-        # began to out-read the old one, whichever came first; this read, which made it
-        # conclusive, is observed.last_seen: when it was decided.
-        lead = min(lead, self._t_k0[i])
+        if t - lead < self._confirm_us(i, cur, new):
+            self._book(i, (lead + int(self._confirm_us(i, cur, new))) // self._tick_us + 1)
+            return
+        self._win(i, s, t, read.reader, _via(place), step)
+
+    def _count_challenger_read(self, i: int, t: int) -> None:
+        if self._k_lead[i] == 0:
+            self._t_k0[i] = t
+        self._k_lead[i] = min(self._k_lead[i] + 1, 127)
+
+    def _win(self, i: int, s: float, t: int, source: str, via: str | None, step: Step) -> None:
+        """The challenger wins: dated when it took the lead, or (into a zone) began to
+        out-read the old location if that came first; `t` (the deciding read) is
+        observed.last_seen."""
+        old = self.locs[self._loc[i]]
+        lid = self._cand[i]
+        n = self._n_cand[i]
+        lead = self._t_lead[i]
+        portal_sides = {p.location for p in self.config.places.values() if p.portal is not None}
+        if self.locs[lid].name not in portal_sides:  # a zone: from the count lead's start
+            lead = min(lead, self._t_k0[i])
         observed = Observed(n, float(self._peak[i]), lead, t)
         self._loc[i] = lid
         self._s_cur[i] = s
@@ -798,7 +814,7 @@ class Engine:
         self._t_lead[i] = NEVER
         self._k_lead[i] = 0
         self._clear_evidence(i)
-        self._emit(i, old, new, lead, read.reader, _via(place), observed, step)
+        self._emit(i, old, self.locs[lid], lead, source, via, observed, step)
 
     def _read_here(self, i: int, lid: int, t: int) -> None:
         loc = self.locs[lid]
@@ -1017,6 +1033,13 @@ class Engine:
             after = self._default_forget_us
         self._book(i, (deadline_us + after) // self._tick_us + 1)
 
+    def _sighted(self, lid: int) -> tuple[str, str | None]:
+        """The one reader and read point of a location, else the engine and none."""
+        places = self.config.places.items()
+        readers = {(p.location, reader, _via(p)) for (reader, _), p in places}
+        here = [(r, v) for loc, r, v in readers if loc == self.locs[lid].name]
+        return here[0] if len(here) == 1 else ("engine", None)
+
     def _book(self, i: int, key: int) -> None:
         due = self._due[i]
         if due and due <= key:
@@ -1060,6 +1083,18 @@ class Engine:
     def _check_absence(self, i: int, horizon: int, step: Step) -> None:
         seen = self._seen[i]
         cur = self._loc[i]
+        c = self._cand[i]
+        if (
+            c != NONE
+            and not self._tentative[i]
+            and self._t_lead[i] != NEVER
+            and self._k_lead[i] >= _OUTREAD
+            and horizon - self._t_lead[i] >= self._confirm_us(i, cur, self.locs[c])
+        ):
+            # A move whose reads ended before its confirmation time: nothing undid it.
+            source, via = self._sighted(c)
+            self._win(i, self._s_cand[i], self._t_cand[i], source, via, step)
+            return
         if (
             cur != NONE
             and self._tentative[i]
@@ -1067,10 +1102,7 @@ class Engine:
             and horizon - self._t_since[i] >= self.locs[cur].confirm_us
         ):
             # A first sighting whose reads ended before its confirm_s: nothing contradicted it.
-            places = self.config.places.items()
-            readers = {(p.location, reader, _via(p)) for (reader, _), p in places}
-            here = [(r, v) for loc, r, v in readers if loc == self.locs[cur].name]
-            source, via = here[0] if len(here) == 1 else ("engine", None)
+            source, via = self._sighted(cur)
             self._confirm_tentative(i, horizon, source, via, step)
             if not self._tentative[i]:
                 return

@@ -80,9 +80,10 @@ def test_dock_crossing_arrives_from_the_yard_with_receiving_meaning() -> None:
         "in_progress",
         "dock",
     )
-    # Dated when the inside began to out-read the yard side for good: the crossing's middle
-    # (both sides read it from 6.6 s to 7.4 s), not before the tag came into the door.
-    assert 7.0 <= secs(m) < 10.0
+    # Dated when the inside took the lead, after the yard side went quiet (7.4 s), not at the
+    # crossing's middle when the inside began to out-read it: a pallet has crossed once the far
+    # side alone holds it.
+    assert 7.4 < secs(m) < 10.0
     assert m.observed is not None and m.observed.reads >= 2
     assert engine.state_of(EPC) == TagState(EPC, True, "DOCK", reads[-1].time_us)
 
@@ -208,6 +209,18 @@ def test_a_tag_that_out_reads_its_old_place_moves_though_its_new_antenna_is_weak
     # count after B's first read), decided within about a second.
     assert secs(moves[1]) == 5.05
     assert moves[1].observed is not None and moves[1].observed.last_seen_us < T0 + 6_500_000
+
+
+def test_a_case_that_leaves_the_field_from_its_new_zone_before_confirmation_moved_there() -> None:
+    # A case out-reads A at B for 0.4 s (8 reads) and leaves the field: by the time B's lead
+    # would have held its confirmation time nothing is read at all. Nothing contradicted it,
+    # so it moved to B and later departs from B, not from A.
+    engine = Engine(site())
+    reads = reads_at("zones", 1, 0, 5, rssi=-48, every_s=0.2)
+    reads += reads_at("zones", 2, 5, 5.45, rssi=-47, every_s=0.05)
+    moves = run(engine, reads, 45)
+    assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "B"), ("departed", "B", None)]
+    assert 5.0 <= secs(moves[1]) <= 5.45
 
 
 def test_a_first_sighting_whose_reads_end_before_its_confirm_time_still_arrives() -> None:
