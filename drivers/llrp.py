@@ -24,7 +24,9 @@ sllurp alone does not survive a real site (see DESIGN.md §5):
   extensions (custom messages and parameters) go to Impinj readers only: a Zebra FX answers
   them with an error (sllurp issues 118/119, EdgeX device-rfid-llrp-go issue 278). The driver
   requests none today; `_ProtocolClient` drops any that sllurp's config carries once the
-  capabilities show another vendor, before SET_READER_CONFIG and ADD_ROSPEC are built.
+  capabilities show another vendor, before SET_READER_CONFIG and ADD_ROSPEC are built. A
+  configured RF `mode` the reader does not list (Impinj's Autoset 1002 on a Zebra) is left
+  out the same way, with a warning, instead of failing every handshake.
 * **A reader held by a stale client.** An LLRP reader takes one client. One that still holds
   a session of ours that died without closing (a crash, a cut cable) answers a new connection
   with READER_EVENT_NOTIFICATION ConnectionAttemptEvent "Failed (a Client initiated connection
@@ -221,6 +223,24 @@ def drop_impinj_settings(config: Any) -> list[str]:
     return dropped
 
 
+def drop_unknown_mode(config: Any, capabilities: Mapping[str, Any]) -> list[str]:
+    """Clear a configured RF mode the reader's UHFC1G2RFModeTable does not list (an Impinj
+    Autoset mode such as 1002 on a Zebra, say), so the reader's own mode applies; sllurp would
+    otherwise stop the handshake, and the driver would reconnect for ever. Returns what was
+    dropped. A capabilities response without a mode table is left to sllurp."""
+    wanted = getattr(config, "mode_identifier", None)
+    try:
+        band = capabilities["RegulatoryCapabilities"]["UHFBandCapabilities"]
+        entries = band["UHFC1G2RFModeTable"]["UHFC1G2RFModeTableEntry"]
+        modes = sorted(int(entry["ModeIdentifier"]) for entry in entries)
+    except (KeyError, TypeError, ValueError):
+        return []
+    if wanted is None or wanted in modes:
+        return []
+    config.mode_identifier = None
+    return [f"mode {wanted} (its RF modes: {', '.join(map(str, modes))})"]
+
+
 # --- the sllurp client, one per connection ---------------------------------------------------
 
 
@@ -235,7 +255,9 @@ class _ProtocolClient(LLRPClient):
     def parseCapabilities(self, capdict: Any) -> Any:  # noqa: N802 (sllurp's name)
         identity = reader_identity(capdict)
         if identity is not None:
-            dropped = [] if identity.is_impinj else drop_impinj_settings(self.config)
+            dropped = drop_unknown_mode(self.config, capdict)
+            if not identity.is_impinj:
+                dropped += drop_impinj_settings(self.config)
             if self.on_identity is not None:
                 self.on_identity(identity, dropped)
         return super().parseCapabilities(capdict)
@@ -563,15 +585,17 @@ class LLRPDriver(Driver):
 
     def note_identity(self, identity: ReaderIdentity, dropped: list[str]) -> None:
         """The reader's capabilities were decoded (sllurp thread): log who it is when that
-        changes (first connect, or the reader was swapped), and any Impinj setting dropped."""
+        changes (first connect, or the reader was swapped), and what of the configuration it
+        does not support and is therefore left out (logged once, counted per session)."""
         if identity != self.identity:
             log.info("%s: the reader is %s", self.name, identity.describe())
             self.identity = identity
         if dropped:
+            self.count_error("unsupported_setting", len(dropped))
             self.log_once(
-                "impinj_settings",
-                f"not sending Impinj extensions ({', '.join(dropped)}) to a {identity.vendor} "
-                "reader, which would reject them",
+                "unsupported_setting",
+                f"the {identity.vendor} reader does not support {'; '.join(dropped)}: left "
+                "out, the reader's own setting applies; counted as errors.unsupported_setting",
             )
 
     # ---- conversion (sllurp thread) ----

@@ -13,7 +13,7 @@ length incl. the 4-byte header) or, for types below 128, TV (`0x80|type` then a 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 # --- message types (LLRP 1.0.1 §16) ------------------------------------------------------------
@@ -79,6 +79,7 @@ P_CONNECTION_CLOSE_EVENT = 257
 P_LLRP_STATUS = 287
 P_FIELD_ERROR = 288
 P_UHF_C1G2_RF_MODE_TABLE = 328
+P_UHF_C1G2_RF_MODE_TABLE_ENTRY = 329
 P_C1G2_EPC_MEMORY_SELECTOR = 348
 
 # TV parameter types and their value sizes (LLRP 1.0.1 §16.2.7.3 and §15.2.1.5).
@@ -243,14 +244,23 @@ def strip_param(payload: bytes, remove: int, descend: dict[int, int] | None = No
     """Return `payload` (a run of parameters) without every parameter of type `remove`, looking
     inside the parameters named in `descend` (type -> size of its fixed fields) and fixing the
     length of each enclosing TLV. Used to serve capabilities without UHFC1G2RFModeTable."""
+    return filter_params(payload, lambda p: p.type == remove, descend)
+
+
+def filter_params(
+    payload: bytes, drop: Callable[[Param], bool], descend: dict[int, int] | None = None
+) -> bytes:
+    """`payload` without every TLV parameter `drop` selects, looking inside the parameters named
+    in `descend` (type -> size of its fixed fields; default: RegulatoryCapabilities and
+    UHFBandCapabilities) and fixing the length of each enclosing TLV."""
     descend = _CAPABILITY_FIXED_FIELDS if descend is None else descend
     out = bytearray()
     for param in iter_params(payload):
-        if param.type == remove and not param.tv:
+        if not param.tv and drop(param):
             continue
         if not param.tv and param.type in descend:
             fixed = descend[param.type]
-            inner = param.value[:fixed] + strip_param(param.value[fixed:], remove, descend)
+            inner = param.value[:fixed] + filter_params(param.value[fixed:], drop, descend)
             out += tlv(param.type, inner)
         else:
             out += param.raw

@@ -5,8 +5,9 @@ sllurp issue 115 shows one (GET_READER_CAPABILITIES of an FX reader, FW 1.6.5.16
 GeneralDeviceCapabilities with DeviceManufacturerName 24831, ModelName 9500, 4 antennas, a UTC
 clock, CanSetAntennaProperties false; its GET_READER_CONFIG carries custom parameters of
 vendors 24831 and 161 (Motorola Solutions, whose reader line Zebra took over) and none of
-Impinj's. The rest of its capabilities (power table, RF modes) are the R420's: no complete
-Zebra capture is at hand, and no client here depends on those values differing.
+Impinj's. Its RF mode table has none of Impinj's Autoset modes (ModeIdentifier 1000 and up,
+an Impinj invention); the rest of its capabilities (power table, the plain RF modes 0-4) are
+the R420's: no complete Zebra capture is at hand.
 
 Habits modelled, each from a public report:
 - Custom parameters of another vendor (Impinj's, as sllurp and EdgeX send them) in
@@ -30,6 +31,7 @@ from simulators.llrp import codec, r420
 VENDOR_IMPINJ = 25882
 VENDOR_MOTOROLA = 161
 VENDOR_ZEBRA_FX = 24831  # what FX readers put in DeviceManufacturerName (sllurp issue 115)
+IMPINJ_AUTOSET_MODES = 1000  # Impinj's Autoset RF modes are numbered from here
 
 # GeneralDeviceCapabilities fixed fields: MaxNumberOfAntennaSupported, flags (bit 14: UTC
 # clock), DeviceManufacturerName, ModelName, FirmwareVersionByteCount.
@@ -73,6 +75,22 @@ def _with_general_device_capabilities(payload: bytes, gdc: bytes) -> bytes:
     )
 
 
+def without_impinj_autoset_modes(payload: bytes) -> bytes:
+    """Capabilities whose UHFC1G2RFModeTable keeps only the plain modes (ModeIdentifier < 1000)."""
+
+    def autoset(param: codec.Param) -> bool:
+        return param.type == codec.P_UHF_C1G2_RF_MODE_TABLE_ENTRY and (
+            struct.unpack_from("!I", param.value, 0)[0] >= IMPINJ_AUTOSET_MODES
+        )
+
+    descend = {
+        codec.P_REGULATORY_CAPABILITIES: 4,
+        codec.P_UHF_BAND_CAPABILITIES: 0,
+        codec.P_UHF_C1G2_RF_MODE_TABLE: 0,
+    }
+    return codec.filter_params(payload, autoset, descend)
+
+
 def foreign_custom_vendor(body: bytes, allowed: frozenset[int]) -> int | None:
     """The vendor of the first custom parameter in `body` not of an `allowed` vendor, else None.
 
@@ -99,9 +117,11 @@ IMPINJ = Profile(
 
 ZEBRA = Profile(
     name="zebra",
-    capabilities=_with_general_device_capabilities(
-        r420.CAPABILITIES_PAYLOAD,
-        general_device_capabilities(4, VENDOR_ZEBRA_FX, 9500, "1.6.5.160010"),
+    capabilities=without_impinj_autoset_modes(
+        _with_general_device_capabilities(
+            r420.CAPABILITIES_PAYLOAD,
+            general_device_capabilities(4, VENDOR_ZEBRA_FX, 9500, "1.6.5.160010"),
+        )
     ),
     # The R420's config (antenna properties, keepalive, event spec) without Impinj's custom
     # parameters, of which it has none: the same bytes serve.

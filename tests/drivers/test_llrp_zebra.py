@@ -127,6 +127,28 @@ def test_driver_inventories_a_zebra_and_sends_it_nothing_impinj() -> None:
     assert stats.get("rx_CUSTOM_MESSAGE", 0) == 0
 
 
+def test_an_impinj_only_rf_mode_is_left_out_for_a_zebra(caplog: pytest.LogCaptureFixture) -> None:
+    # 1002 (Impinj Autoset Dense Reader) is in the R420's mode table, not in the Zebra's: sllurp
+    # alone would stop every handshake ("Invalid mode_identifier") and reconnect for ever.
+    caplog.set_level(logging.WARNING, logger="drivers.llrp")
+    with zebra() as sim, driving(sim.reader(READER).port, mode=1002) as (drv, sink, _):
+        reads_flow(sim, sink)
+        wait_for(lambda: drv.health().state == "up", timeout=5)
+        assert drv.health().errors["unsupported_setting"] == 1
+        assert not drv.health().reconnects
+    (warning,) = [r for r in caplog.records if "does not support mode 1002" in r.getMessage()]
+    assert "Zebra" in warning.getMessage() and "0, 1, 2, 3, 4" in warning.getMessage()
+
+
+def test_the_same_rf_mode_goes_to_an_impinj() -> None:
+    with SimServer([ReaderSpec(READER)]).running() as sim:
+        with driving(sim.reader(READER).port, mode=1002) as (drv, sink, _):
+            reads_flow(sim, sink)
+            identity = drv.identity
+            assert identity is not None and identity.is_impinj and identity.model == 2001002
+            assert not drv.health().errors
+
+
 def test_impinj_settings_are_dropped_for_another_vendor() -> None:
     config = LLRPReaderConfig({"impinj_search_mode": "2", "antennas": [1]})
     config.frequencies = {"HopTableId": 1, "ChannelIndex": 1, "Automatic": True}
