@@ -166,7 +166,14 @@ def example_limit_s() -> float:
         return DEFAULT_LIMIT_S
 
 
+# Set when the timer fires: the ExampleTimeout it raises can be swallowed (sllurp's bare
+# `except:` around callbacks; a gc callback, where Python only prints it as "ignored" — seen in
+# the first 1M run), so the time limit also checks this flag when the example ends.
+_fired = threading.Event()
+
+
 def _on_alarm(_signum: int, _frame: FrameType | None) -> None:
+    _fired.set()
     raise ExampleTimeout
 
 
@@ -179,6 +186,7 @@ def time_limit(seconds: float) -> Iterator[None]:
         yield
         return
     started = time.monotonic()
+    _fired.clear()
     old_handler = signal.signal(signal.SIGALRM, _on_alarm)
     old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -189,6 +197,8 @@ def time_limit(seconds: float) -> Iterator[None]:
         if old_delay:
             left = max(0.001, old_delay - (time.monotonic() - started))
             signal.setitimer(signal.ITIMER_REAL, left, old_interval)
+    if _fired.is_set():  # the block ended normally, but its ExampleTimeout was swallowed
+        raise ExampleTimeout
 
 
 # --- counting ----------------------------------------------------------------------------------
@@ -270,12 +280,16 @@ def example(target: str, tally: Tally = TALLY) -> Iterator[Verdict]:
     `verdict.rejected_by_parser()`); it is counted and re-raised for Hypothesis to shrink.
     Hypothesis' own control flow (BaseException: an example it abandons) is not counted."""
     verdict = Verdict()
+    started = time.monotonic()
     try:
         with time_limit(example_limit_s()):
             yield verdict
     except ExampleTimeout:
         tally.add(target, Kind.FAILURE_TIMEOUT)
-        raise FuzzFailure(Kind.FAILURE_TIMEOUT, f"over {example_limit_s()} s") from None
+        took = time.monotonic() - started
+        raise FuzzFailure(
+            Kind.FAILURE_TIMEOUT, f"over {example_limit_s()} s (took {took:.1f} s)"
+        ) from None
     except Exception as exc:
         kind = _failure_kind(exc)
         tally.add(target, kind)

@@ -89,6 +89,21 @@ def test_a_hang_is_a_timeout_and_the_outer_timer_survives(monkeypatch: pytest.Mo
         assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= outer_delay
 
 
+def test_a_swallowed_timeout_is_still_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1M run of 2026-12-07 had the timer's exception land in a gc callback, where Python
+    only prints it: the example must fail anyway."""
+    monkeypatch.setenv(LIMIT_ENV, "0.1")
+    tally = Tally()
+    with pytest.raises(FuzzFailure) as caught, example("toy", tally):
+        try:
+            while True:
+                time.sleep(0.01)
+        except BaseException:  # noqa: S110 (the swallowing under test)
+            pass
+    assert caught.value.kind is Kind.FAILURE_TIMEOUT
+    assert tally.as_json()["counts"] == {"toy": {"failure_timeout": 1}}
+
+
 def test_an_exception_sllurp_only_logs_is_kept_when_it_is_ours() -> None:
     def callback_of_ours() -> None:
         raise RuntimeError("raised in a callback of ours")
