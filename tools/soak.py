@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:  # `python tools/soak.py` as well as `python -m to
     sys.path.insert(0, str(ROOT))
 
 from gateway import demo  # noqa: E402
+from gateway.devkit.broker import Mosquitto  # noqa: E402
 from simulators.llrp.server import Generator, ReaderSpec, SimServer  # noqa: E402
 from tools.harness import ListenProcess, fc_edge, free_port, wait_for  # noqa: E402
 from tools.simsite import (  # noqa: E402
@@ -158,8 +159,7 @@ class Soak:
     # --- the run ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        broker = demo.OwnBroker(self.workdir / "broker")
-        broker.workdir.mkdir(parents=True)
+        broker = Mosquitto(self.workdir / "broker", persistence=True, autosave_s=5)
         broker.start()
         modbus: dict[str, ModbusSim] = {}
         handheld = feeder = listen = gw = None

@@ -400,7 +400,7 @@ def _payloads_of(db: Path, topic_base: str) -> list[tuple[str, bytes]]:
 
 
 def bench_drain(total: int, runs: int, window: int, base: str | None = None) -> dict[str, Any]:
-    from gateway.demo import start_broker
+    from gateway.devkit.broker import Mosquitto
 
     doc: dict[str, Any] = {
         "bench": "drain",
@@ -422,10 +422,10 @@ def bench_drain(total: int, runs: int, window: int, base: str | None = None) -> 
         t0 = time.perf_counter()
         fill_outbox(filled, total)
         doc["params"]["fill_s"] = round(time.perf_counter() - t0, 2)
-        (tmp / "broker").mkdir()
-        broker, url = start_broker(tmp / "broker")
+        broker = Mosquitto(tmp / "broker")
+        port = broker.start()
         try:
-            host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
+            host, url = "127.0.0.1", broker.url
             timeout_s = max(120.0, total / 500)
             pipe_runs: list[dict[str, float]] = []
             floor_runs: list[dict[str, float]] = []
@@ -448,8 +448,7 @@ def bench_drain(total: int, runs: int, window: int, base: str | None = None) -> 
                 for step in (floor, pipe) if run % 2 == 0 else (pipe, floor):
                     step()
         finally:
-            broker.terminate()
-            broker.wait(10)
+            broker.stop()
     rate = _median([r["msgs_per_s"] for r in pipe_runs])
     floor_rate = _median([r["msgs_per_s"] for r in floor_runs])
     doc.update(
@@ -633,7 +632,8 @@ def _sample_rss(pid: int, samples: int, interval_s: float) -> list[int]:
 def bench_memory(idle_s: float = 3.0, base: str | None = None) -> dict[str, Any]:
     """RSS of an idle `fc-edge run` (connected to a broker, one replay reader with nothing to
     play, metrics server on) vs the floor: a bare interpreter that imported nothing."""
-    from gateway.demo import free_port, start_broker
+    from gateway.devkit.broker import Mosquitto
+    from gateway.devkit.process import free_port
 
     doc: dict[str, Any] = {
         "bench": "memory",
@@ -641,8 +641,9 @@ def bench_memory(idle_s: float = 3.0, base: str | None = None) -> dict[str, Any]
         "params": {"idle_s": idle_s, "what": "VmRSS of `fc-edge run` idle, broker connected"},
     }
     with workdir(base, "fc-edge-bench-memory-") as tmp:
-        (tmp / "broker").mkdir()
-        broker, url = start_broker(tmp / "broker")
+        broker = Mosquitto(tmp / "broker")
+        broker.start()
+        url = broker.url
         gateway: subprocess.Popen[bytes] | None = None
         floor: subprocess.Popen[bytes] | None = None
         try:
@@ -668,8 +669,9 @@ def bench_memory(idle_s: float = 3.0, base: str | None = None) -> dict[str, Any]
             gw_samples = _sample_rss(gateway.pid, 5, idle_s / 5)
             floor_samples = _sample_rss(floor.pid, 2, 0.05)
         finally:
-            for proc in (gateway, floor, broker):
+            for proc in (gateway, floor):
                 _stop(proc)
+            broker.stop()
     rss = _median(gw_samples)
     bare = _median(floor_samples)
     doc.update(
@@ -807,7 +809,7 @@ def pipeline_step(
 ) -> dict[str, Any]:
     """One offered rate: simulators and `fc-edge run` (each its own process) for warmup +
     measure seconds; achieved reads/s from the gateway's own reads counter."""
-    from gateway.demo import free_port
+    from gateway.devkit.process import free_port
 
     sim = gateway = None
     step_dir = tmp / f"step-{int(offered)}"
@@ -883,7 +885,7 @@ def bench_pipeline(
     """Offered rate ramped until the gateway no longer keeps up (reads/s below 95 % of offered,
     or the outbox growing); the floor is sllurp's decode-only rate on 100-tag reports."""
     from gateway.bench.llrp import bench_sllurp_decode, encode_reports
-    from gateway.demo import start_broker
+    from gateway.devkit.broker import Mosquitto
 
     doc: dict[str, Any] = {
         "bench": "pipeline",
@@ -902,16 +904,16 @@ def bench_pipeline(
     floor = bench_sllurp_decode(encode_reports(100_000, 100))["tags_per_s"]
     steps: list[dict[str, Any]] = []
     with workdir(base, "fc-edge-bench-pipeline-") as tmp:
-        (tmp / "broker").mkdir()
-        broker, url = start_broker(tmp / "broker")
+        broker = Mosquitto(tmp / "broker")
+        broker.start()
         try:
             for rate in rates:
-                step = pipeline_step(tmp, url, readers, rate, warmup_s, measure_s)
+                step = pipeline_step(tmp, broker.url, readers, rate, warmup_s, measure_s)
                 steps.append(step)
                 if not step["sustained"]:
                     break
         finally:
-            _stop(broker)
+            broker.stop()
     sustained = [s for s in steps if s["sustained"]]
     best = max(sustained, key=lambda s: s["reads_per_s"]) if sustained else None
     peak = max((s["reads_per_s"] for s in steps), default=0)

@@ -380,14 +380,17 @@ def run_once(
     tolerance_s: float,
 ) -> dict[str, Any]:
     """One play of the scenario (with or without background load) through the whole path."""
-    from gateway.demo import free_port, start_broker
+    from gateway.devkit.broker import Mosquitto
+    from gateway.devkit.process import free_port
     from gateway.score import read_jsonl
 
     tmp.mkdir()
-    (tmp / "broker").mkdir()
     procs = _Procs()
-    broker, url = start_broker(tmp / "broker")
-    procs.procs.append(broker)
+    broker = Mosquitto(tmp / "broker")
+    broker.start()
+    assert broker.proc is not None
+    procs.procs.append(broker.proc)
+    url = broker.url
     try:
         ports: dict[str, int] = {}
         generators = None

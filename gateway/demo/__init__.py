@@ -26,9 +26,7 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
+
+from gateway.devkit.broker import BrokerError, Mosquitto
+from gateway.devkit.process import free_port
+from gateway.devkit.toml import dumps as toml_dumps
 
 # Where the gateway, drivers and simulators packages are: the checkout, or site-packages in an
 # installed wheel. Everything the demo reads is package data found from here (pyproject.toml).
@@ -74,12 +76,6 @@ EX_INTERRUPTED = 130
 
 class DemoError(Exception):
     """The demo cannot go on (a tool missing, a child that did not start); says why."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -221,82 +217,6 @@ def first_json_line(child: Child, timeout_s: float = 30.0) -> dict[str, Any]:
             raise DemoError(f"{child.name} exited ({child.proc.returncode}); see {child.log_path}")
         time.sleep(0.05)
     raise DemoError(f"{child.name} did not say where it listens within {timeout_s:.0f} s")
-
-
-# --- the broker ------------------------------------------------------------------------------
-
-
-def mosquitto_binary() -> str:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(binary):
-        raise DemoError(
-            "mosquitto is not installed: sudo apt-get install -y mosquitto (or make demo)"
-        )
-    return binary
-
-
-def start_broker(workdir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """A mosquitto of our own on a free loopback port (or `port`, to come back after an outage
-    where clients expect it). Persistence in workdir: the IMS's session and the messages queued
-    for it survive a restart, as they would on a production broker."""
-    binary = mosquitto_binary()
-    port = port or free_port()
-    conf = workdir / "mosquitto.conf"
-    lines = [
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "persistence true",
-        f"persistence_location {workdir}/",
-        "autosave_interval 5",
-        "max_queued_messages 1000000",  # the default 1000 would drop the IMS's backlog
-    ]
-    if os.geteuid() == 0:  # else mosquitto drops to user mosquitto and cannot write workdir
-        lines.append("user root")
-    conf.write_text("\n".join(lines) + "\n")
-    log = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115 (lives as long as the broker)
-    proc = subprocess.Popen(  # noqa: S603 (fixed argv)
-        [binary, "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
-    )
-    log.close()  # the child holds its own copy
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DemoError(f"mosquitto exited; see {workdir / 'mosquitto.log'}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"mqtt://127.0.0.1:{port}"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(5)
-    raise DemoError(f"mosquitto did not start; see {workdir / 'mosquitto.log'}")
-
-
-class OwnBroker:
-    """The demo's broker: started, stopped for the outage, started again on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port: int | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        self.proc, self.url = start_broker(self.workdir, self.port)
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # mosquitto saves its persistence file on SIGTERM
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 # --- the site: simulators and the one gateway config ------------------------------------------
@@ -448,7 +368,7 @@ def merge_config(
             "map": str(EQUIPMENT_MAPS / f"{kind}.toml"),
             "interval_s": 0.25,
             "stale_after_s": 5,
-            "status_every_s": 30,
+            "status_interval_s": 30,
         }
         if kind == "robot":
             entry["stations"] = dict(ROBOT_STATIONS)
@@ -483,62 +403,6 @@ def write_config(raw: dict[str, Any], path: Path) -> None:
         "# Check it with: fc-edge check-config -c " + str(path) + "\n"
     )
     path.write_text(header + toml_dumps(raw), encoding="utf-8")
-
-
-def _toml_key(key: str) -> str:
-    bare = key.replace("-", "").replace("_", "").isalnum() and key.isascii()
-    return key if bare else json.dumps(key)
-
-
-def _toml_scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return (
-            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_scalar(v)}" for k, v in value.items()) + " }"
-        )
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _is_table_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def toml_dumps(data: Mapping[str, Any]) -> str:
-    """Enough TOML for a gateway config: tables, arrays of tables ([[readers]]), and inside an
-    array-of-tables element nested tables as inline tables (antennas, stations)."""
-    out: list[str] = []
-
-    def table(path: list[str], values: Mapping[str, Any], in_array: bool) -> None:
-        for key, value in values.items():
-            if in_array or not (isinstance(value, dict) or _is_table_list(value)):
-                out.append(f"{_toml_key(key)} = {_toml_scalar(value)}")
-        for key, value in values.items():
-            if in_array:
-                continue
-            sub = [*path, _toml_key(key)]
-            if isinstance(value, dict):
-                if all(isinstance(v, dict) for v in value.values()) and value:
-                    table(sub, {}, False)  # a table of tables: only its children get headers
-                    for name, inner in value.items():
-                        out.append(f"\n[{'.'.join([*sub, _toml_key(name)])}]")
-                        table([*sub, _toml_key(name)], inner, False)
-                else:
-                    out.append(f"\n[{'.'.join(sub)}]")
-                    table(sub, value, False)
-            elif _is_table_list(value):
-                for element in value:
-                    out.append(f"\n[[{'.'.join(sub)}]]")
-                    table(sub, element, True)
-
-    table([], data, False)
-    return "\n".join(out).lstrip("\n") + "\n"
 
 
 # --- watching: the IMS's output, the gateway's /readyz and /metrics -----------------------------
@@ -760,7 +624,7 @@ class Demo:
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir()
         self.children = Children(self.log_dir)
-        self.broker: OwnBroker | None = None
+        self.broker: Mosquitto | None = None
         self.broker_url: str = args.broker or ""
         self.site: Site | None = None
         self.watch: Watch | None = None
@@ -779,8 +643,9 @@ class Demo:
 
     def start(self) -> None:
         if self.broker_url == "":
-            self.broker = OwnBroker(self.workdir / "broker")
-            self.broker.workdir.mkdir()
+            # Persistence: the IMS's session and what is queued for it survive the outage, as
+            # on a production broker.
+            self.broker = Mosquitto(self.workdir / "broker", persistence=True, autosave_s=5)
             self.broker.start()
             self.broker_url = self.broker.url
         self.say(f"broker {self.broker_url}; work dir {self.workdir}")
@@ -1226,7 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
                 demo.finish()
             except (KeyboardInterrupt, Interrupted):
                 interrupted = True
-    except DemoError as exc:
+    except (DemoError, BrokerError) as exc:
         demo.cleanup()
         print(f"fc-edge demo: {exc}", file=sys.stderr)
         demo.report(interrupted=False)

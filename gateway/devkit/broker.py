@@ -74,7 +74,8 @@ class Mosquitto:
         lines += ["max_queued_messages 1000000", "max_inflight_messages 0", *self.extra]
         return lines
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 10.0) -> int:
+        """Start it and wait until it listens; its port."""
         binary = mosquitto_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
@@ -92,7 +93,7 @@ class Mosquitto:
                 raise BrokerError(f"mosquitto exited: {self._log_since(log_from)[-300:]}")
             # Ours once it says it runs (a port that accepts may be somebody else's listener).
             if " running" in self._log_since(log_from) and listening(self.port):
-                return
+                return self.port
             time.sleep(0.02)
         self.stop(signal.SIGKILL)
         raise BrokerError(

@@ -78,18 +78,6 @@ def test_merged_config_without_the_handheld_is_valid(tmp_path: Path) -> None:
     assert all(d.driver != "tsl" for d in config_mod.load(path).devices)
 
 
-def test_toml_writer_round_trips() -> None:
-    data = {
-        "gateway": {"site": "S", "id": "gw", "n": 3, "on": True, "x": 1.5},
-        "locations": {"A-1": {"offsite": True}, "B": {"barcode": 'say "hi"\\'}},
-        "readers": [
-            {"name": "r", "tags": ["a", "b"], "antennas": {"1": {"location": "A-1"}}},
-            {"name": "s", "stations": {"1": "B"}},
-        ],
-    }
-    assert tomllib.loads(demo.toml_dumps(data)) == data
-
-
 def test_a_bad_merge_is_refused_with_the_loader_s_words(tmp_path: Path) -> None:
     raw = merged(tmp_path)
     raw["equipment"][1]["stations"] = {"1": "NOWHERE"}

@@ -53,7 +53,7 @@ driver = "llrp"
 host = "127.0.0.1"
 port = {port}
 keepalive_s = 2.0
-backoff_cap_s = 1.0
+reconnect_max_s = 1.0
 [readers.antennas]
 1 = {{ location = "ZONE-{name.upper()}" }}
 """
