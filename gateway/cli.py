@@ -48,9 +48,14 @@ def load_function(target: str) -> Callable[[list[str]], int]:
     return fn
 
 
-def load_settings(path: str) -> config_mod.Settings | None:
+def load_settings(path: str, files_too: bool = False) -> config_mod.Settings | None:
+    """The settings, or None once every problem is printed. `files_too`: also check that every
+    file the config names can be read (what `run` will open), as check-config and run do."""
     try:
-        return config_mod.load(path)
+        settings = config_mod.load(path)
+        if files_too:
+            config_mod.check_named_files(settings)
+        return settings
     except config_mod.ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
@@ -58,7 +63,7 @@ def load_settings(path: str) -> config_mod.Settings | None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, files_too=True)
     if settings is None:
         return EX_CONFIG
     print(config_mod.summary(settings))
@@ -72,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.setup(
         args.log_level, json_lines=None if args.log_format == "auto" else args.log_format == "json"
     )
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, files_too=True)  # before the outbox is opened
     if settings is None:
         return EX_CONFIG
     if settings.mqtt.tls and settings.mqtt.tls.insecure:

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from drivers.options import UnknownDriver, driver_spec, upgrade_renamed_keys
+from drivers.options import (
+    ModbusOptions,
+    ReplayOptions,
+    UnknownDriver,
+    driver_spec,
+    upgrade_renamed_keys,
+)
 from gateway.confschema import (
     PARSE,
     Errors,
@@ -443,6 +449,77 @@ def read_secret(path_text: str) -> str:
     if not value:
         raise ValueError(f"secret file {path} is empty")
     return value
+
+
+# --- files the config names ------------------------------------------------------------------
+
+# Driver options that name a file, resolved from the config file's folder (DeviceSettings.resolve).
+_DEVICE_FILE_OPTIONS: Mapping[type, tuple[str, ...]] = {
+    ReplayOptions: ("file",),
+    ModbusOptions: ("map",),
+}
+
+
+def named_files(s: Settings) -> list[tuple[str, Path]]:
+    """Every file the settings name, as (dotted key, path), each path resolved the way the code
+    that opens it resolves it: secrets through $CREDENTIALS_DIRECTORY, the CA and certificate
+    as given (ssl opens them relative to the working directory), device files from the config
+    file's folder."""
+    files: list[tuple[str, Path]] = []
+    if s.mqtt.password_file is not None:
+        files.append(("mqtt.password_file", credential_path(s.mqtt.password_file)))
+    tls = s.mqtt.tls
+    if tls is not None:
+        if tls.ca_file is not None:
+            files.append(("mqtt.tls.ca_file", Path(tls.ca_file)))
+        if tls.cert_file is not None:
+            files.append(("mqtt.tls.cert_file", Path(tls.cert_file)))
+        if tls.key_file is not None:
+            files.append(("mqtt.tls.key_file", credential_path(tls.key_file)))
+    for kind in _DEVICE_LISTS:
+        devices: tuple[DeviceSettings, ...] = getattr(s, kind)
+        for index, device in enumerate(devices):
+            for option in _DEVICE_FILE_OPTIONS.get(type(device.options), ()):
+                key = join(join(kind, index), option)
+                files.append((key, device.resolve(getattr(device.options, option))))
+    return files
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a file (None: it can)."""
+    try:
+        if not path.is_file():
+            return "not a regular file" if path.exists() else "no such file"
+    except OSError as exc:  # a folder on the way that we may not enter, ...
+        return f"cannot be looked up: {exc.strerror}"
+    if not os.access(path, os.R_OK):
+        return "not readable by this user"
+    return None
+
+
+def check_named_files(s: Settings) -> None:
+    """Every file the config names exists and is readable; else ConfigError naming each key.
+
+    `check-config` runs it, and `run` before it opens anything, so a missing password file is
+    a config error naming `mqtt.password_file`, not an OSError after the outbox was opened."""
+    errors = Errors()
+    for key, path in named_files(s):
+        if (why := file_problem(path)) is not None:
+            errors.add(key, f"{path}: {why}{_credentials_hint(key, path)}")
+    if errors:
+        label = Path(s.path).name if s.path else "config"
+        raise ConfigError([f"{label}: {line}" for line in errors.lines])
+
+
+_SECRET_KEYS = ("mqtt.password_file", "mqtt.tls.key_file")  # resolved by credential_path
+
+
+def _credentials_hint(key: str, path: Path) -> str:
+    """A relative secret outside systemd (check-config from a shell) is looked for in the
+    working directory: say where the service would look instead."""
+    if key in _SECRET_KEYS and not path.is_absolute() and "CREDENTIALS_DIRECTORY" not in os.environ:
+        return " (relative, and $CREDENTIALS_DIRECTORY, where the service finds it, is not set)"
+    return ""
 
 
 def summary(s: Settings) -> str:

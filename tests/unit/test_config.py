@@ -232,6 +232,7 @@ def test_every_shipped_config_is_valid(path: Path, monkeypatch: pytest.MonkeyPat
 def test_check_config_command_exit_codes(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(GOOD)
+    (tmp_path / "capture.jsonl").write_text("")  # check-config checks that named files exist
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace('location = "YARD",', 'location = "YRAD",'))
     ok = subprocess.run(
