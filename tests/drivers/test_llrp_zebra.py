@@ -31,8 +31,8 @@ from sllurp.llrp import LLRPReaderConfig
 from drivers.llrp import VENDOR_IMPINJ, drop_impinj_settings
 from simulators.llrp import ReaderSpec, SimServer, codec
 from simulators.llrp.profiles import VENDOR_ZEBRA_FX, ZEBRA
-from tests.drivers.test_llrp_driver import READER, driving, reads_flow, reconnects
 from tests.support.helpers import wait_for
+from tests.support.llrp_driving import READER, driving, reads_flow, reconnects
 
 ROOT = Path(__file__).resolve().parents[2]
 
