@@ -10,6 +10,7 @@ $CREDENTIALS_DIRECTORY when set, and never logged.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import zoneinfo
@@ -520,6 +521,41 @@ def _credentials_hint(key: str, path: Path) -> str:
     if key in _SECRET_KEYS and not path.is_absolute() and "CREDENTIALS_DIRECTORY" not in os.environ:
         return " (relative, and $CREDENTIALS_DIRECTORY, where the service finds it, is not set)"
     return ""
+
+
+# --- warnings at start -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartWarning:
+    code: str  # stable, machine-readable: /readyz lists it under "warnings"
+    message: str  # for the operator: logged once at start
+
+
+def start_warnings(s: Settings) -> list[StartWarning]:
+    """What the config allows but an operator should know about at every start."""
+    warnings = []
+    host, _ = s.mqtt.host_port
+    if not s.mqtt.tls_enabled and not is_loopback(host):
+        warnings.append(
+            StartWarning(
+                "mqtt_plaintext_to_non_loopback",
+                f"mqtt.url: plain MQTT to {host}, which is not this machine: anyone on the "
+                "network path can read and forge messages (and the password, if any); "
+                "use mqtts:// with [mqtt.tls]",
+            )
+        )
+    return warnings
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves the machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: it may resolve anywhere
+        return False
 
 
 def summary(s: Settings) -> str:

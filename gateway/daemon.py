@@ -57,7 +57,8 @@ class Gateway:
         self.metrics = Metrics()
         self.store = OutboxThread()
         self.devices = Devices(settings.devices)
-        self.health = Health(self.devices, self.store)
+        self.start_warnings = config_mod.start_warnings(settings)
+        self.health = Health(self.devices, self.store, [w.code for w in self.start_warnings])
         self.ingest: Ingest | None = None
         self.delivery: Delivery | None = None
         self.http: HealthServer | None = None
@@ -68,6 +69,8 @@ class Gateway:
     async def open(self) -> None:
         """Open the outbox, restore the engine and start the publisher (READY after this)."""
         s = self.settings
+        for warning in self.start_warnings:
+            log.warning("%s", warning.message)
         path = s.state_path / "outbox.db"
         states, cursors = await self.store.open(path, s.outbox)
         engine = Engine.restore(states, EngineConfig.from_settings(s))

@@ -85,9 +85,12 @@ class Devices:
 class Health:
     """What /healthz, /readyz, the status line and /metrics say about the running gateway."""
 
-    def __init__(self, devices: Devices, store: OutboxThread) -> None:
+    def __init__(self, devices: Devices, store: OutboxThread, warnings: Sequence[str] = ()) -> None:
         self.devices = devices
         self.store = store
+        # Codes of what the config allows but should not (gateway.config.start_warnings):
+        # shown in /readyz, never unready.
+        self.warnings = tuple(warnings)
         self.publisher: Publisher | None = None  # set once delivery started it
         self.started_us = now_us()
 
@@ -117,7 +120,14 @@ class Health:
             broker["last_error"] = publisher.last_error
         stats = self.store.stats()
         outbox = stats.to_json() if stats is not None else None
-        return ok, {"ready": ok, **broker, "outbox": outbox, "devices": devices}
+        warnings = list(self.warnings)
+        return ok, {
+            "ready": ok,
+            **broker,
+            "outbox": outbox,
+            "devices": devices,
+            "warnings": warnings,
+        }
 
     # --- metrics read at scrape time ----------------------------------------------------------
 

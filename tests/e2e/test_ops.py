@@ -327,6 +327,7 @@ def test_readyz_reports_a_broker_outage_while_staying_ready(
         code, body = http_json(port, "/readyz")
         assert code == 200 and body["ready"] is True and "since" not in body
         assert body["devices"]["zone-1"]["state"] == "up"
+        assert body["warnings"] == [], "plain MQTT to loopback (127.0.0.1) is no warning"
 
         code, alive = http_json(port, "/healthz")
         assert code == 200 and alive["status"] == "alive"

@@ -7,6 +7,7 @@
   keeps every message in the outbox.
 * Username and password from a `password_file`, against `allow_anonymous false`: accepted
   with the right password, refused with a wrong one; the password never reaches the log.
+* Plain `mqtt://` to a host that is not loopback warns once at start and shows in /readyz.
 * Metrics and health listen on loopback unless configured otherwise.
 * Names used in topics are validated by the config (+ # / in site, id, device, location).
 
@@ -28,6 +29,7 @@ from gateway import config
 from tests.support.broker import Broker
 from tests.support.gateway import fc_edge, gateway_toml
 from tests.support.helpers import free_port, wait_for
+from tests.support.ops import http_json
 from tests.support.spine import ZONE_READER, outbox_depth, write_zone_capture
 
 INSECURE_WARNING = "NOT verified"
@@ -122,6 +124,34 @@ def test_a_typo_in_the_tls_section_is_an_error(tmp_path: Path, typo: str) -> Non
     conf = write_config(tmp_path, "mqtts://127.0.0.1:8883", f"[mqtt.tls]\n{typo}\n")
     with pytest.raises(config.ConfigError, match=r"unknown key"):
         config.load(conf)
+
+
+# --- plain MQTT to another machine ------------------------------------------------------------
+
+PLAINTEXT_WARNING = "plain MQTT to 192.0.2.1"
+
+
+def test_plain_mqtt_to_another_machine_warns_once_at_start_and_in_readyz(tmp_path: Path) -> None:
+    """192.0.2.1 (TEST-NET-1) is never this machine and answers nobody: the gateway runs
+    store-and-forward, warns once and says so in /readyz; the other cases (loopback, mqtts://)
+    are tests/unit/test_config_files.py, and no warning against the local broker is
+    tests/e2e/test_ops.py::test_readyz_reports_a_broker_outage_while_staying_ready."""
+    port = free_port()
+    conf = write_config(tmp_path, "mqtt://192.0.2.1:1883", metrics_port=port)
+    log = tmp_path / "gw.log"
+    gw = Daemon(conf, log, "--log-format", "json")
+    try:
+        wait_for(lambda: PLAINTEXT_WARNING in gw.text(), 30)
+        wait_for(lambda: listening_addresses(port), 30)  # /readyz answers from here on
+        code, body = http_json(port, "/readyz")
+        assert body["warnings"] == ["mqtt_plaintext_to_non_loopback"]
+        assert body["broker"] == "disconnected"
+    finally:
+        assert gw.stop() == 0
+    warned = [line for line in log.read_text().splitlines() if PLAINTEXT_WARNING in line]
+    assert len(warned) == 1, warned
+    entry = json.loads(warned[0])
+    assert entry["level"] == "warning" and "mqtts://" in entry["message"]
 
 
 # --- client certificates ----------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Files the config names.
+"""Files the config names, and what the config allows but warns about at start.
 
 - `check-config` checks what `run` will open: every file the config names (password, TLS,
   register maps, replay captures) exists, is a regular file and is readable; an error names
   the key, the path and why. `run` fails the same way before it touches the outbox.
+- A plain `mqtt://` URL to a host that is not this machine is a start warning: logged once,
+  listed in /readyz, never unready.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import pytest
 
 from gateway import config
 from gateway.config import ConfigError
+from gateway.daemon import Gateway
+from gateway.health import Devices, Health
+from gateway.outbox_thread import OutboxThread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,3 +171,53 @@ def test_run_refuses_it_the_same_way_before_it_touches_the_outbox(tmp_path: Path
     assert "site.toml: mqtt.password_file: /nonexistent/pw: no such file" in run.stderr
     assert "Errno" not in run.stderr
     assert not (tmp_path / "state").exists(), "the state dir (and its outbox) was not created"
+
+
+# --- plain MQTT to another machine -------------------------------------------------------------
+
+
+def warning_codes(tmp_path: Path, url: str, mqtt_extra: str = "") -> list[str]:
+    settings = config.load(write_site(tmp_path, mqtt_extra, url=url))
+    return [w.code for w in config.start_warnings(settings)]
+
+
+@pytest.mark.parametrize("url", ["mqtt://10.0.0.5", "tcp://10.0.0.5:1883", "mqtt://broker.lan"])
+def test_plain_mqtt_to_another_machine_is_a_start_warning_naming_the_host(
+    tmp_path: Path, url: str
+) -> None:
+    settings = config.load(write_site(tmp_path, url=url))
+    (warning,) = config.start_warnings(settings)
+    assert warning.code == "mqtt_plaintext_to_non_loopback"
+    assert settings.mqtt.host_port[0] in warning.message and "mqtts://" in warning.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mqtt://127.0.0.1:1883",
+        "mqtt://127.8.9.10",
+        "mqtt://localhost:1883",
+        "mqtt://LOCALHOST",
+        "mqtt://[::1]:1883",
+        "mqtts://10.0.0.5",
+        "ssl://10.0.0.5:8883",
+    ],
+)
+def test_no_warning_for_loopback_or_tls(tmp_path: Path, url: str) -> None:
+    assert warning_codes(tmp_path, url) == []
+
+
+def test_no_warning_for_mqtt_url_with_a_tls_section(tmp_path: Path) -> None:
+    """A [mqtt.tls] section turns TLS on whatever the scheme (MqttSettings.tls_enabled)."""
+    assert warning_codes(tmp_path, "mqtt://10.0.0.5:8883", "[mqtt.tls]\n") == []
+
+
+def test_readyz_lists_the_start_warnings_without_turning_unready(tmp_path: Path) -> None:
+    gateway = Gateway(config.load(write_site(tmp_path, url="mqtt://10.0.0.5")))
+    assert gateway.health.warnings == ("mqtt_plaintext_to_non_loopback",)
+    health = Health(Devices(()), OutboxThread(), ["mqtt_plaintext_to_non_loopback"])
+    ok, body = health.ready()
+    assert body["warnings"] == ["mqtt_plaintext_to_non_loopback"]
+    assert set(body) >= {"ready", "broker", "outbox", "devices"}, "the existing keys stay"
+    without = Health(Devices(()), OutboxThread())
+    assert without.ready() == (ok, body | {"warnings": []}), "readiness does not depend on it"
