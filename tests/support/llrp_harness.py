@@ -15,16 +15,13 @@ from __future__ import annotations
 import random
 import socket
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hypothesis import strategies as st
 from sllurp.llrp import LLRPReaderState
-from sllurp.llrp_errors import ReaderConfigurationError
 
-from drivers.llrp import MAX_FRAME_BYTES, LLRPDriver, LLRPOptions, _Session
+from drivers.llrp import MAX_FRAME_BYTES, LLRPDriver, LLRPOptions
 from gateway.config import AntennaSettings, DeviceSettings
 from simulators.llrp import codec, r420
 from tests.support.helpers import RecordingSink
@@ -65,54 +62,6 @@ class Harness:
     def close(self) -> None:
         self.ours.close()
         self.theirs.close()
-
-    def feed(self, chunks: Sequence[bytes], state: int) -> Outcome:
-        self.examples += 1
-        drv = self.driver
-        sink = self.sink
-        before = drv.health().errors
-        reads_before = len(sink.all_reads)
-        session = _Session(drv)
-        client = session.client
-        client._socket = self.ours  # what sllurp sends (KEEPALIVE_ACK, requests) goes here
-        client.llrp.state = state
-        reported = [0]
-
-        def count_tags(_reader: Any, tags: Sequence[Any]) -> None:
-            reported[0] += len(tags)
-
-        client.add_tag_report_callback(count_tags)
-        config_errors = 0
-        thread_died = False
-        for chunk in chunks:
-            decoded_before = client._decoded
-            try:
-                client.raw_data_received(chunk)
-            except ReaderConfigurationError:
-                config_errors += 1  # sllurp's main loop catches it and disconnects
-            except Exception:
-                # Allowed only from sllurp's state machine on a frame that decoded (the driver
-                # re-raises those: the thread ends, the supervisor counts thread_died and
-                # reconnects). A decoder failure escaping would be a finding.
-                assert client._decoded > decoded_before, "a decoder exception escaped"
-                thread_died = True
-                break
-            self.drain()
-        after = drv.health().errors
-        frames, bad = count_frames(b"".join(chunks))
-        client._socket = None  # the socket pair is shared; the session must not close it
-        return Outcome(
-            frames=frames,
-            bad_header=bad,
-            decoded=client._decoded,
-            malformed=after["malformed"] - before["malformed"],
-            tags_reported=reported[0],
-            reads=len(sink.all_reads) - reads_before,
-            bad_tags=after["bad_tag"] - before["bad_tag"],
-            config_errors=config_errors,
-            thread_died=thread_died,
-            desynced=session.desynced,
-        )
 
     def drain(self) -> None:
         try:
