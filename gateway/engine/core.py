@@ -307,8 +307,9 @@ class Engine:
             lid = self._loc_ids[place.location]
             places.setdefault(reader, {})[antenna] = (lid, place.rssi_offset_db, place)
         self._places = places
-        # Who sighted a tag at a location, for a first sighting confirmed after its reads ended
-        # (_check_absence): the location's one reader and read point, else the engine and none.
+        # Who sighted a tag at a location, for a first sighting or a move decided after its
+        # reads ended (_check_absence): the location's one reader and read point, else the
+        # engine and none.
         sighted: dict[int, set[tuple[str, str]]] = {}
         for (reader, _), place in config.places.items():
             sighted.setdefault(self._loc_ids[place.location], set()).add((reader, _via(place)))
