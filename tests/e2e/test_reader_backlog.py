@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from simulators.llrp import ReaderSpec, SimServer
 from tests.support.broker import Broker
 from tests.support.gateway import ListenProcess, fc_edge, gateway_head
-from tests.support.helpers import wait_for
+from tests.support.helpers import free_port, wait_for
 
 EPCS_PER_READER = 400
 EVERY_S = 0.04  # a new EPC enters each field this often
@@ -43,8 +44,24 @@ def field_reads(reader: int) -> list[tuple[float, int, str, int]]:
     return sorted(reads)
 
 
-def config(tmp_path: Path, broker: Broker, ports: dict[str, int]) -> Path:
-    text = gateway_head(tmp_path / "state", broker.url)
+def counters_of(port: int) -> list[str]:
+    """The gateway's read and suppression counters, per reader and reason (best effort)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        return [f"metrics unavailable: {exc}"]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith("fc_edge_") and ("read" in line or "suppressed" in line)
+    ]
+
+
+def config(tmp_path: Path, broker: Broker, ports: dict[str, int], metrics_port: int) -> Path:
+    text = gateway_head(tmp_path / "state", broker.url).replace(
+        "[metrics]\nenabled = false", f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"'
+    )
     for name, port in ports.items():
         text += f"""
 [[readers]]
@@ -73,7 +90,9 @@ def test_every_epc_of_a_backlog_arrives_exactly_once(tmp_path: Path, broker: Bro
         ports = {name: sim.reader(name).port for name in ("r1", "r2")}
         listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements")
         log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
-        gw = fc_edge("run", "-c", str(config(tmp_path, broker, ports)), stdout=log, stderr=log)
+        metrics_port = free_port()
+        gw_config = config(tmp_path, broker, ports, metrics_port)
+        gw = fc_edge("run", "-c", str(gw_config), stdout=log, stderr=log)
         try:
             r1, r2 = sim.reader("r1"), sim.reader("r2")
             # (Reads before the gateway is up are buffered too: a backlog at the first connect.)
@@ -98,6 +117,7 @@ def test_every_epc_of_a_backlog_arrives_exactly_once(tmp_path: Path, broker: Bro
             with contextlib.suppress(AssertionError):  # what is missing is reported below
                 wait_for(lambda: set(arrived()) >= want, timeout=90)
             stats = {name: sim.reader(name).status()["stats"] for name in ("r1", "r2")}
+            engine_counts = counters_of(metrics_port)  # for a failure to say where reads went
             warnings = [
                 line for line in (tmp_path / "gw.log").read_text().splitlines() if "warn" in line
             ]
@@ -111,7 +131,8 @@ def test_every_epc_of_a_backlog_arrives_exactly_once(tmp_path: Path, broker: Bro
             listen.stop()
     counts = arrived()
     missing = sorted(want - set(counts))
-    assert not missing, (len(missing), missing[:5], stats, warnings[-10:])
+    assert not missing, (len(missing), missing[:5], engine_counts, stats, warnings[-10:])
+    assert any(line.startswith("fc_edge_") for line in engine_counts), engine_counts
     for name in ("r1", "r2"):
         assert stats[name].get("reads_buffered", 0) > 0, stats
         assert stats[name].get("reads_dropped_buffer_full", 0) == 0, stats
