@@ -192,7 +192,8 @@ done:
 
 typedef struct {
     PyObject *engine, *step, *places, *index;
-    PyObject *slot, *challenge, *tentative_read, *refresh_state, *drop_stale;
+    PyObject *slot, *challenge, *tentative_read, *late_tentative_read, *refresh_state,
+        *drop_stale;
     double min_rssi, margin;
     long long xr_window;
     LocNumbers *locs;
@@ -388,6 +389,12 @@ static int judge_one(Judge *j, PyObject *read)
         goto done;
     }
     if (t < prev_seen) { /* older than a read of this tag already judged */
+        if ((long long)lid == (long long)a->loc[i] && a->tentative[i]) {
+            /* still evidence where the tag tentatively is (Engine._late_tentative_read) */
+            rc = call_slow(j, j->late_tentative_read, slot_obj, lid_obj,
+                           PyTuple_GET_ITEM(place, 2), rssi, t_obj, read);
+            goto done;
+        }
         j->late++;
         rc = 0;
         goto done;
@@ -518,10 +525,11 @@ static PyObject *judge(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     j.slot = get_method(j.engine, "_slot");
     j.challenge = get_method(j.engine, "_challenge");
     j.tentative_read = get_method(j.engine, "_tentative_read");
+    j.late_tentative_read = get_method(j.engine, "_late_tentative_read");
     j.refresh_state = get_method(j.engine, "_refresh_state");
     j.drop_stale = get_method(j.engine, "_drop_stale");
     if (!j.places || !j.index || !j.slot || !j.challenge || !j.tentative_read ||
-        !j.refresh_state || !j.drop_stale)
+        !j.late_tentative_read || !j.refresh_state || !j.drop_stale)
         goto done;
     if (!PyDict_Check(j.places) || !PyDict_Check(j.index)) {
         PyErr_SetString(PyExc_TypeError, "Engine._places and _index must be dicts");
@@ -554,6 +562,7 @@ done:
     Py_XDECREF(j.slot);
     Py_XDECREF(j.challenge);
     Py_XDECREF(j.tentative_read);
+    Py_XDECREF(j.late_tentative_read);
     Py_XDECREF(j.refresh_state);
     Py_XDECREF(j.drop_stale);
     return result;

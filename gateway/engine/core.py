@@ -656,6 +656,7 @@ class Engine:
         xr_window = self._xr_window_us
         challenge = self._challenge
         tentative_read = self._tentative_read
+        late_tentative_read = self._late_tentative_read
         slot = self._slot
         no_antennas: dict[int, tuple[int, float, Place]] = {}
         last_reader: str | None = None
@@ -693,7 +694,11 @@ class Engine:
                 # Older than a read of this tag already judged (its reader's report came
                 # after another reader's newer one): judging it now would reorder the tag's
                 # history. Only this tag's order matters, so a backlog of tags nobody else
-                # read is judged in full when it comes (see Sources).
+                # read is judged in full when it comes (see Sources). Where the tag is
+                # tentatively, it is still evidence that it was there (_late_tentative_read).
+                if lid == loc_a[i] and tentative[i]:
+                    late_tentative_read(i, lid, place[2], rssi, t, read, step)
+                    continue
                 late += 1
                 continue
             if lid != loc_a[i]:
@@ -824,6 +829,22 @@ class Engine:
         if n < 65535:
             self._n_cur[i] = n + 1
         self._tentative_progress(i, t, read.reader, place, step)
+
+    def _late_tentative_read(
+        self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
+    ) -> None:
+        """A read where the tag tentatively is, older than its newest judged read (a backlog
+        that came after the reader's first live reads): it moves nothing, so it cannot reorder
+        the tag's history, but it is evidence that the tag was there from its time on; it
+        counts toward the confirmation, judged at the tag's newest read. (Else a tag read once
+        live and then only in the backlog would never arrive.)"""
+        n = self._n_cur[i]
+        if n < 65535:
+            self._n_cur[i] = n + 1
+        if t < self._t_since[i]:
+            self._t_since[i] = t
+            self._set_evidence(i, t)
+        self._tentative_progress(i, self._seen[i], read.reader, place, step)
 
     def _first_sighting(
         self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step

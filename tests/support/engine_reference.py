@@ -567,6 +567,9 @@ class Engine:
                 if t > prev_seen:
                     seen[i] = t
             if t < prev_seen:  # a newer read of this tag was already judged
+                if lid == loc_a[i] and tentative[i]:  # still evidence of being there
+                    self._late_tentative_read(i, lid, place[2], rssi, t, read, step)
+                    continue
                 late += 1
                 continue
             if lid != loc_a[i]:
@@ -648,6 +651,17 @@ class Engine:
         if n < 65535:
             self._n_cur[i] = n + 1
         self._tentative_progress(i, t, read.reader, place, step)
+
+    def _late_tentative_read(
+        self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
+    ) -> None:
+        """An older read where the tag tentatively is: evidence, not a reordering."""
+        if self._n_cur[i] < 65535:
+            self._n_cur[i] += 1
+        if t < self._t_since[i]:
+            self._t_since[i] = t
+            self._set_evidence(i, t)
+        self._tentative_progress(i, self._seen[i], read.reader, place, step)
 
     def _first_sighting(
         self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step

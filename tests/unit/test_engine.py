@@ -352,11 +352,28 @@ def test_lateness_is_per_tag_not_per_reader() -> None:
     engine.feed([TagRead(EPC, "zones", 1, -50, T0 + 10_000_000)])
     engine.flush()  # judged up to 10 s
     engine.feed([TagRead("AB" * 12, "zones", 1, -50, T0 + 9_400_000)])  # 0.6 s older
-    engine.feed([TagRead(EPC, "zones", 1, -50, T0 + 9_700_000)])  # older than its own
+    engine.feed([TagRead(EPC, "zones", 2, -50, T0 + 9_700_000)])  # older than its own, at B
     engine.flush()
     assert engine.suppressed["late"] == 1
     assert engine.source("zones").behind == 2  # both came behind what was judged
     assert engine.state_of("AB" * 12) is not None
+
+
+def test_a_backlog_older_than_a_tags_first_live_read_still_confirms_where_it_was() -> None:
+    # A reader reconnects and a tag's newest read comes live before the backlog of its older
+    # reads. Judged after a newer one, they cannot move it (late), but where the tag already
+    # tentatively is they are evidence that it was there: it arrives, from its first read.
+    # (Found by the backlog e2e test: such a tag never arrived.)
+    engine = Engine(site())
+    engine.feed([TagRead(EPC, "zones", 1, -50, T0 + 10_000_000)])
+    engine.flush()
+    backlog = [TagRead(EPC, "zones", 1, -50, T0 + 8_000_000 + k * 400_000) for k in range(5)]
+    moves = engine.feed(backlog).movements + engine.flush().movements
+    assert kinds(moves) == [("arrived", None, "A")]
+    assert secs(moves[0]) == 8.0
+    assert (
+        engine.suppressed["late"] == 4
+    )  # the backlog's first read confirmed it; the rest add nothing
 
 
 def test_restart_with_persisted_state_neither_reannounces_nor_forgets() -> None:
