@@ -32,11 +32,11 @@ from gateway.bench.common import (
     _cpu_s,
     _loadavg,
     _ready,
-    _stop,
     emit,
     machine,
     workdir,
 )
+from gateway.devkit.process import stop
 from gateway.model import Movement, Observed, Outgoing, TagState, movement_body
 
 SITE = "BENCH"
@@ -670,7 +670,7 @@ def bench_memory(idle_s: float = 3.0, base: str | None = None) -> dict[str, Any]
             floor_samples = _sample_rss(floor.pid, 2, 0.05)
         finally:
             for proc in (gateway, floor):
-                _stop(proc)
+                stop(proc, 15)
             broker.stop()
     rss = _median(gw_samples)
     bare = _median(floor_samples)
@@ -875,8 +875,8 @@ def pipeline_step(
             "sustained": achieved >= 0.95 * offered and m1["outbox"] <= m0["outbox"] + 500,
         }
     finally:
-        _stop(gateway)
-        _stop(sim)
+        stop(gateway, 15)
+        stop(sim, 15)
 
 
 def bench_pipeline(

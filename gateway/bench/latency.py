@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.bench.common import ROOT, _cpu_s, _loadavg, _ready, _stop, emit, machine, workdir
+from gateway.bench.common import ROOT, _cpu_s, _loadavg, _ready, emit, machine, workdir
+from gateway.devkit.process import stop
 
 GOAL_MARGIN_S = 0.25  # the goal: p99 total <= the profile's confirm_s + 250 ms
 QUICK_TAIL_S = 3.0  # --quick keeps this much of the scenario after its last step ends
@@ -321,7 +322,7 @@ class _Procs:
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
-            _stop(proc)
+            stop(proc, 15)
         for f in self.files:
             f.close()
 

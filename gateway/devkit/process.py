@@ -39,6 +39,8 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | N
     if proc is None:
         return None
     if proc.poll() is None:
+        if proc.stdin is not None:
+            proc.stdin.close()  # a child reading its stdin ends on EOF too
         proc.terminate()
         try:
             proc.wait(timeout)
