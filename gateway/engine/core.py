@@ -311,12 +311,11 @@ class Engine:
         # reads ended (_check_absence): the location's one reader and read point, else the
         # engine and none.
         sighted: dict[int, set[tuple[str, str]]] = {}
-        for (reader, _), place in config.places.items():
-            sighted.setdefault(self._loc_ids[place.location], set()).add((reader, _via(place)))
         self._portal_side = [False] * len(self.locs)  # a portal's inside or outside (_win)
-        for place in config.places.values():
-            if place.portal is not None:
-                self._portal_side[self._loc_ids[place.location]] = True
+        for (reader, _), place in config.places.items():
+            lid = self._loc_ids[place.location]
+            sighted.setdefault(lid, set()).add((reader, _via(place)))
+            self._portal_side[lid] = self._portal_side[lid] or place.portal is not None
         self._sighted_by: list[tuple[str, str | None]] = [
             next(iter(sighted[lid])) if len(sighted.get(lid, ())) == 1 else ("engine", None)
             for lid in range(len(self.locs))
