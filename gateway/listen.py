@@ -1,9 +1,11 @@
 """`fc-edge listen`: the reference IMS consumer.
 
 stdout: exactly one line per NEW message id — the published object unchanged, plus
-`received_at`. stderr: JSON lines for seq gaps per (gateway, stream), and a final summary.
-With --state FILE it keeps, across restarts, the ids it has seen, the last seq per stream and
-the stock by location (SQLite), which is what an IMS does with these messages.
+`received_at`. stderr: JSON lines for seq gaps per (gateway, stream), for each tag carried from
+one gateway's zones to another's (gateway.stockview: the rule that reconciles their streams),
+and a final summary. With --state FILE it keeps, across restarts, the ids it has seen, the last
+seq per stream and the stock by location (SQLite), which is what an IMS does with these
+messages.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.model import iso_ms, now_us
+from gateway.stockview import CrossMove, StockView
 
 STREAM_OF_TOPIC = {
     "movements": "movements",
@@ -44,9 +47,9 @@ class ListenState:
             CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS seqs (gateway TEXT, stream TEXT, last INTEGER,
                 PRIMARY KEY (gateway, stream));
-            CREATE TABLE IF NOT EXISTS stock (epc TEXT PRIMARY KEY, location TEXT, since TEXT);
             """
         )
+        self.stock_view = StockView(self.db)
         self.last_seq: dict[tuple[str, str], int] = {
             (g, s): n for g, s, n in self.db.execute("SELECT gateway, stream, last FROM seqs")
         }
@@ -69,21 +72,11 @@ class ListenState:
             )
         return gap
 
-    def apply_movement(self, m: dict[str, Any]) -> None:
-        key = m.get("epc") or m.get("object_id")
-        if not key:
-            return
-        if m.get("type") == "departed":
-            self.db.execute("DELETE FROM stock WHERE epc = ?", (key,))
-        else:
-            self.db.execute(
-                "INSERT INTO stock VALUES (?, ?, ?) ON CONFLICT(epc) DO UPDATE SET"
-                " location = excluded.location, since = excluded.since",
-                (key, m.get("to"), m.get("time")),
-            )
+    def apply_movement(self, m: dict[str, Any]) -> CrossMove | None:
+        return self.stock_view.apply(m)
 
     def stock(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT location, COUNT(*) FROM stock GROUP BY location"))
+        return self.stock_view.stock()
 
 
 class Listener:
@@ -157,7 +150,9 @@ class Listener:
                     self.gaps.append(entry)
                     self.report(entry)
             if obj.get("schema", "").startswith("fc-edge/movement"):
-                self.state.apply_movement(obj)
+                move = self.state.apply_movement(obj)
+                if move is not None:
+                    self.report(move.as_event())
             obj["received_at"] = iso_ms(now_us())
             self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
             self.out.flush()
@@ -175,6 +170,7 @@ class Listener:
             "gaps": len(self.gaps),
             "last_seq": {f"{g}/{s}": n for (g, s), n in sorted(self.state.last_seq.items())},
             "stock": self.state.stock(),
+            "cross_gateway_moves": self.state.stock_view.cross_moves(),
         }
 
 
