@@ -49,7 +49,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy gateway drivers simulators
 
 soak: $(STAMP) system-deps
-	$(PY) -m tools.soak --minutes 30 $(ARGS)
+	$(PY) -m tools.soak $(ARGS)
 
 fuzz: $(STAMP)
 	$(PY) tools/fuzz.py --examples 1000000

@@ -1,30 +1,43 @@
-"""Soak: a realistic site through the real daemon for N minutes, watching the daemon's memory and
-file descriptors for growth.
+"""Soak: a realistic site through the real daemon for N minutes, watching the daemon's memory,
+file descriptors, threads, outbox and engine state for growth.
 
-    python -m tools.soak --minutes 30 [--readers 16] [--rate 100] [--json] [--keep]
-    (make soak)
+    python -m tools.soak --minutes 125 [--readers 16] [--rate 100] [--warmup-min 20]
+    (make soak: 2 hours after a 20-minute warm-up, one broker outage an hour)
 
 What runs: a mosquitto of its own; N simulated LLRP readers (the LLRP simulator's generator:
 `--rate` reads/s each over a population of 200 tags per reader) plus a staging zone fed 5 new
 EPCs a second (arrivals, and departures 30 s later: steady movements and engine churn); a
 conveyor PLC and a robot cell (`fc-edge simulate modbus`, the robot moving every second); a TSL
 handheld counting the store floor every 6 s; `fc-edge run` on one config merged with
-gateway/demo/'s functions; `fc-edge listen` as the IMS.
+gateway/demo/'s functions; `fc-edge listen` as the IMS (a persistent session). The broker
+(persistence on) is stopped for `--outage-s` seconds every `--outage-every-min` minutes, the
+first half-way through the first period, as a site's broker restarts or its uplink drops.
+The staging zone forgets a departed case after 10 minutes (its profile's forget_after_s: a
+real staging lane's setting), so the engine's state reaches its steady size within the
+warm-up instead of growing for the zone default's hour.
 
-Every `--sample-s` seconds it samples the daemon's RSS (/proc/PID/status VmRSS) and open file
-descriptors (/proc/PID/fd), the outbox depth and the read/appended/acked counters (/metrics).
-The first `--warmup-min` minutes are warm-up (imports done, caches and SQLite's page cache
-filled, every device connected). The verdict, against bounds chosen for a process whose working
-set should be flat once warm:
+Every `--sample-s` seconds it samples the daemon's RSS (/proc/PID/status VmRSS), threads
+(Threads) and open file descriptors (/proc/PID/fd), the outbox depth, the engine's tracked
+tags and the read/appended/acked counters (/metrics). The first `--warmup-min` minutes are
+warm-up (imports done, caches and SQLite's page cache filled, every device connected, the
+engine's churn at its steady size). The verdict, against bounds chosen for a process whose
+working set should be flat once warm:
 
-  * RSS: the median of the last 3 samples exceeds the median of the first 3 after warm-up by
-    less than `--rss-bound-mb` (20 MB: the engine keeps departed tags for forget_after_s = 1 h
-    at ~0.5 KB each, 5 new EPCs/s -> ~9 MB/h is expected and fits; a leak per message — 100+
-    messages/s — would not);
-  * fds: max - min after warm-up within `--fd-bound` (5: every device holds one socket; a
-    leak per reconnect or per commit would show);
-  * outbox: drained at the end (the publisher kept up on average), the daemon stopped cleanly
-    (exit 0) and the IMS holds every seq 1..last-appended of every stream, none twice.
+  * RSS slope: a least-squares line through every sample after warm-up rises by at most
+    `--slope-bound-mb-h` (1 MB/hour). A leak of one byte per message or per read (20 and
+    1,600 a second here) would be 0.07 and 5.8 MB/h; a leak per new tag (5/s) 18 KB/h per byte.
+    The fit needs time to see that: over less than an hour after warm-up the slope is
+    reported, and only `--rss-bound-mb` judges;
+  * RSS growth: the median of the last 3 samples exceeds the median of the first 3 after
+    warm-up by less than `--rss-bound-mb` (20 MB);
+  * fds and threads: max - min after warm-up within `--fd-bound` (5: every device holds one
+    socket; a leak per reconnect or per commit would show) and `--thread-bound` (2);
+  * engine state: tracked tags never above what the site can hold (every reader's population,
+    the feeder's pools, and new EPCs/s x their read time, departed_after_s and
+    forget_after_s, with 20 % slack);
+  * outbox: after each outage it drains (below 100 messages within 3 minutes of the broker's
+    return), it is empty at the end, the daemon stopped cleanly (exit 0) and the IMS holds
+    every seq 1..last-appended of every stream, none twice.
 
 Exit 0 when every bound holds, 1 otherwise; the figures as one JSON document on stdout.
 """
@@ -69,6 +82,9 @@ from tools.simsite import (  # noqa: E402
 
 SITE = "SOAK"
 CHURN_READER = "staging"
+CHURN_PER_S = 5
+CHURN_READ_S, CHURN_DEPARTED_S, CHURN_FORGET_S = 3.0, 30.0, 600.0  # ReadFeeder's, the profile's
+DRAINED_BELOW, DRAIN_WITHIN_S = 100, 180.0
 
 
 @dataclass
@@ -76,6 +92,8 @@ class Sample:
     t_s: float
     rss_mb: float
     fds: int
+    threads: int
+    tracked: int
     depth: int
     reads: float
     appended: float
@@ -90,9 +108,14 @@ class Soak:
     sample_s: float = 10.0
     warmup_min: float = 2.0
     rss_bound_mb: float = 20.0
+    slope_bound_mb_h: float = 1.0
     fd_bound: int = 5
+    thread_bound: int = 2
+    outage_every_min: float = 60.0
+    outage_s: float = 60.0
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fc-edge-soak-")))
     samples: list[Sample] = field(default_factory=list)
+    outages: list[tuple[float, float]] = field(default_factory=list)  # (down at, back at) s
     log: Any = None
 
     def say(self, text: str) -> None:
@@ -119,7 +142,7 @@ class Soak:
         self, sim: SimServer, broker_url: str, equipment: dict[str, int], handheld: int
     ) -> Path:
         locations: dict[str, dict[str, Any]] = {f"ZONE-{i:02d}": {} for i in range(self.readers)}
-        locations["STAGING"] = {"biz_step": "storing"}
+        locations["STAGING"] = {"biz_step": "storing", "profile": "staging"}
         for station in demo.ROBOT_STATIONS.values():
             locations[station] = {}
         readers = [
@@ -141,6 +164,13 @@ class Soak:
             "gateway": {"site": SITE, "id": "gw-soak", "state_dir": str(self.workdir / "state")},
             "mqtt": {"url": broker_url, "client_id": "fc-edge-gw-soak"},
             "locations": locations,
+            "profiles": {
+                "staging": {
+                    "confirm_s": 0.75,
+                    "departed_after_s": CHURN_DEPARTED_S,
+                    "forget_after_s": CHURN_FORGET_S,
+                }
+            },
             "readers": readers,
         }
         self.metrics_url = f"http://127.0.0.1:{free_port()}"
@@ -175,7 +205,7 @@ class Soak:
                 )
                 assert sim.control_address is not None
                 control = f"http://{sim.control_address[0]}:{sim.control_address[1]}"
-                feeder = ReadFeeder(control, {CHURN_READER: [1]}, new_per_s=5).start()
+                feeder = ReadFeeder(control, {CHURN_READER: [1]}, new_per_s=CHURN_PER_S).start()
                 listen = ListenProcess(
                     self.workdir, broker.url, SITE,
                     "--streams", "movements,counts,equipment,dropped", "--client-id", "ims-soak",
@@ -187,7 +217,7 @@ class Soak:
                     f"site up: {self.readers} readers x {self.rate:g} reads/s, "
                     f"work dir {self.workdir}"
                 )
-                self.sample_loop(gw.pid)
+                self.sample_loop(gw.pid, broker)
                 feeder.stop()
                 wait_for(lambda: outbox_depth(self.workdir / "state") == 0, 300, interval=1)
                 exit_code = self.stop(gw)
@@ -210,18 +240,21 @@ class Soak:
             if self.log is not None:
                 self.log.close()
 
-    def sample_loop(self, pid: int) -> None:
+    def sample_loop(self, pid: int, broker: Mosquitto) -> None:
         started = time.monotonic()
         end = started + self.minutes * 60
         next_at = started
         while time.monotonic() < end:
             next_at += self.sample_s
             time.sleep(max(0.0, next_at - time.monotonic()))
+            self.outage_step(broker, time.monotonic() - started)
             s = scrape(self.metrics_url)
             sample = Sample(
                 t_s=round(time.monotonic() - started, 1),
                 rss_mb=round(rss_kb(pid) / 1024, 1),
                 fds=open_fds(pid),
+                threads=threads(pid),
+                tracked=int(metric(s, "fc_edge_engine_tracked_tags")),
                 depth=int(metric(s, "fc_edge_outbox_messages")),
                 reads=metric(s, "fc_edge_reads_total"),
                 appended=metric(s, "fc_edge_outbox_appended_messages_total"),
@@ -231,8 +264,29 @@ class Soak:
             if len(self.samples) % 6 == 0:
                 self.say(
                     f"t={sample.t_s:.0f}s rss {sample.rss_mb} MB fds {sample.fds} "
-                    f"outbox {sample.depth} reads {sample.reads:.0f} acked {sample.acked:.0f}"
+                    f"threads {sample.threads} tags {sample.tracked} outbox {sample.depth} "
+                    f"reads {sample.reads:.0f} acked {sample.acked:.0f}"
                 )
+        if not broker.running:  # the run ended inside an outage
+            broker.start()
+            self.outages[-1] = (self.outages[-1][0], round(time.monotonic() - started, 1))
+
+    def outage_step(self, broker: Mosquitto, t_s: float) -> None:
+        """Stop the broker when the next outage is due; start it again when it has lasted."""
+        if self.outage_every_min <= 0:
+            return
+        period = self.outage_every_min * 60
+        if broker.running:
+            due = period / 2 + len(self.outages) * period
+            fits = due + self.outage_s < self.minutes * 60  # one the run would cut short: none
+            if t_s >= due and fits:
+                self.say(f"broker outage: stopping it for {self.outage_s:g} s")
+                broker.stop()
+                self.outages.append((round(t_s, 1), -1.0))
+        elif t_s >= self.outages[-1][0] + self.outage_s:
+            broker.start()
+            self.outages[-1] = (self.outages[-1][0], round(t_s, 1))
+            self.say("broker back")
 
     def stop(self, gw: Any) -> int:
         import signal
@@ -255,13 +309,26 @@ class Soak:
         rss_start = statistics.median(s.rss_mb for s in warm[:3])
         rss_end = statistics.median(s.rss_mb for s in warm[-3:])
         fds = [s.fds for s in warm]
+        thread_counts = [s.threads for s in warm]
         elapsed = warm[-1].t_s - warm[0].t_s
+        slope = rss_slope_mb_per_h(warm)
         problems = exactly_once_problems(lines, last)
+        undrained = [o for o in self.outages if not self.drained_after(o)]
         checks = {
             "rss_growth_mb": round(rss_end - rss_start, 1),
             "rss_ok": rss_end - rss_start < self.rss_bound_mb,
+            "rss_slope_mb_per_h": round(slope, 3),
+            "slope_judged": elapsed >= 3600,
+            "slope_ok": elapsed < 3600 or slope <= self.slope_bound_mb_h,
             "fd_spread": max(fds) - min(fds),
             "fds_ok": max(fds) - min(fds) <= self.fd_bound,
+            "thread_spread": max(thread_counts) - min(thread_counts),
+            "threads_ok": max(thread_counts) - min(thread_counts) <= self.thread_bound,
+            "max_tracked_tags": max(s.tracked for s in self.samples),
+            "tracked_bound": self.tracked_bound(),
+            "engine_ok": max(s.tracked for s in self.samples) <= self.tracked_bound(),
+            "outages": self.outages,
+            "outbox_drained_after_outages": not undrained,
             "clean_exit": exit_code == 0,
             "ims_complete": not problems,
         }
@@ -277,26 +344,61 @@ class Soak:
             "rss_mb": {"first": first.rss_mb, "after_warmup": rss_start, "end": rss_end,
                        "max": max(s.rss_mb for s in self.samples)},
             "fds": {"min": min(fds), "max": max(fds)},
+            "threads": {"min": min(thread_counts), "max": max(thread_counts)},
             "max_outbox_depth": max(s.depth for s in self.samples),
-            "bounds": {"rss_growth_mb": self.rss_bound_mb, "fd_spread": self.fd_bound},
+            "bounds": {"rss_growth_mb": self.rss_bound_mb, "fd_spread": self.fd_bound,
+                       "rss_slope_mb_per_h": self.slope_bound_mb_h,
+                       "thread_spread": self.thread_bound},
             "window_s": elapsed,
             **checks,
             "problems": problems,
-            "ok": all(v for k, v in checks.items() if isinstance(v, bool)),
+            "ok": all(v for k, v in checks.items() if isinstance(v, bool) and k != "slope_judged"),
             "samples": [s.__dict__ for s in self.samples],
             "workdir": str(self.workdir),
         }  # fmt: skip
 
+    def tracked_bound(self) -> int:
+        """The most tags the site can put in the engine at once: every generator reader's
+        population, the feeder's pools, and the staging zone's churn (new EPCs a second times
+        how long each stays: read, then absent until departed, then until forgotten), + 20 %."""
+        populations = self.readers * 200 + 10
+        churn = CHURN_PER_S * (CHURN_READ_S + CHURN_DEPARTED_S + CHURN_FORGET_S)
+        return int(1.2 * (populations + churn))
+
+    def drained_after(self, outage: tuple[float, float]) -> bool:
+        """The outbox fell below DRAINED_BELOW within DRAIN_WITHIN_S of the broker's return."""
+        back = outage[1]
+        return any(
+            s.depth < DRAINED_BELOW for s in self.samples if back <= s.t_s <= back + DRAIN_WITHIN_S
+        ) or (self.samples[-1].t_s < back + DRAIN_WITHIN_S)  # judged at the end instead
+
+
+def rss_slope_mb_per_h(samples: list[Sample]) -> float:
+    """The least-squares slope of RSS over time, in MB per hour."""
+    fit = statistics.linear_regression([s.t_s for s in samples], [s.rss_mb for s in samples])
+    return fit.slope * 3600
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--minutes", type=float, default=140.0)
     p.add_argument("--readers", type=int, default=16)
     p.add_argument("--rate", type=float, default=100.0, help="reads/s per reader")
     p.add_argument("--sample-s", type=float, default=10.0)
-    p.add_argument("--warmup-min", type=float, default=2.0)
+    p.add_argument("--warmup-min", type=float, default=20.0)
     p.add_argument("--rss-bound-mb", type=float, default=20.0)
+    p.add_argument("--slope-bound-mb-h", type=float, default=1.0)
     p.add_argument("--fd-bound", type=int, default=5)
+    p.add_argument("--thread-bound", type=int, default=2)
+    p.add_argument("--outage-every-min", type=float, default=60.0, help="0: no outages")
+    p.add_argument("--outage-s", type=float, default=60.0)
     return p.parse_args(argv)
 
 
@@ -304,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     soak = Soak(
         minutes=args.minutes, readers=args.readers, rate=args.rate, sample_s=args.sample_s,
-        warmup_min=args.warmup_min, rss_bound_mb=args.rss_bound_mb, fd_bound=args.fd_bound,
+        warmup_min=args.warmup_min, rss_bound_mb=args.rss_bound_mb,
+        slope_bound_mb_h=args.slope_bound_mb_h, fd_bound=args.fd_bound,
+        thread_bound=args.thread_bound, outage_every_min=args.outage_every_min,
+        outage_s=args.outage_s,
     )  # fmt: skip
     result = soak.run()
     print(json.dumps(result))
