@@ -1101,6 +1101,10 @@ class Engine:
             ):
                 return  # a close contest: neither _FIRST_OUTREAD more reads nor the threshold
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending
+        if not self._portal_side[self._loc[i]]:
+            # In a zone, from the sighting's first read (its evidence began there): a tag heard
+            # first by a neighbour, then out-read there, was where it is since then.
+            since = min(since, self._ev[i])
         self._tentative[i] = 0
         self._t_since[i] = t
         self._clear_evidence(i)

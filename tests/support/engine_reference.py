@@ -902,6 +902,9 @@ class Engine:
             ):
                 return  # a close contest
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending
+        portal_sides = {p.location for p in self.config.places.values() if p.portal is not None}
+        if loc.name not in portal_sides:  # a zone: from the sighting's first read
+            since = min(since, self._ev[i])
         self._tentative[i] = 0
         self._t_since[i] = t
         self._clear_evidence(i)

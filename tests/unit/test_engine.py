@@ -681,6 +681,19 @@ def test_a_first_sighting_waits_out_a_close_contest() -> None:
     assert kinds(moves) == [("arrived", None, "A")]
 
 
+def test_a_first_sighting_heard_first_by_a_neighbour_is_dated_from_its_first_read() -> None:
+    """A tag put down in zone A is heard first by the neighbouring antenna B (three reads, B
+    tentatively holds it); A's reads then take the estimate. The tag has been on the floor since
+    its first read: the arrival at A is dated 0.0, not when A began to lead (the old engine
+    dated it then, 1-2 s late on a dense floor and 4-8 s with fading)."""
+    reads = reads_at("zones", 2, 0.0, 0.5, rssi=-58, every_s=0.2)
+    reads += reads_at("zones", 1, 0.9, 8, rssi=-50, every_s=0.15)
+    reads += reads_at("zones", 2, 1.1, 8, rssi=-60, every_s=0.6)
+    moves = run(Engine(site()), reads, 10)
+    assert kinds(moves) == [("arrived", None, "A")]
+    assert secs(moves[0]) == 0.0
+
+
 def test_one_outlier_read_does_not_start_a_challengers_lead() -> None:
     """A parked tag at A (read every 0.3 s) gets one outlier read at B, 13 dB above A's level
     (sigma 5 dB makes one now and then), and B's next cross-read a second later at its usual
