@@ -7,7 +7,7 @@ tag carried from gateway A's zone to gateway B's zone therefore shows up as two 
 events on two streams — A's `departed` (to = null) and B's `arrived` (from = null) — in either
 order: B usually confirms the arrival long before A gives the tag up.
 
-The rule (docs/messages.md, "Several gateways"):
+The rule (docs/messages.md, "Several gateways on one site"):
 
 - Each gateway's word about a tag is a *claim*: the location its last `arrived`/`moved` named,
   since that movement's `time`. A gateway's `departed` withdraws only its own claim; it cannot
