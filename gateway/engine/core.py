@@ -904,7 +904,12 @@ class Engine:
             return
         new = self.locs[lid]
         c = self._cand[i]
-        if c != NONE and c != lid and t - self._t_cand[i] <= self.locs[c].gap_us:
+        if (
+            c != NONE
+            and c != lid
+            and t - self._t_cand[i] <= self.locs[c].gap_us
+            and (is_tentative or self._k_lead[i] > 0)
+        ):
             # Another location is gathering evidence: this read replaces it only when it beats
             # it as a challenger beats a current location, and only once that location has
             # gone quiet (else cross-reads between two neighbours, or one outlier, would keep

@@ -694,6 +694,28 @@ def test_a_first_sighting_heard_first_by_a_neighbour_is_dated_from_its_first_rea
     assert secs(moves[0]) == 0.0
 
 
+def three_zones() -> EngineConfig:
+    """Zones A, B and C on one reader's antennas 1-3 (a dense floor's neighbours)."""
+    zone = NS(offsite=False, biz_step=None, disposition=None, profile=None)
+    ants = {k: NS(location=z, read_point=None, rssi_offset_db=0.0) for k, z in enumerate("ABC", 1)}
+    return EngineConfig.build([("floor", ants)], dict.fromkeys("ABC", zone), {})
+
+
+def test_a_challenger_that_does_not_out_read_the_tags_location_yields_to_one_that_does() -> None:
+    """A tag parked in A is carried to C at t=10. Neighbour B cross-reads it a second apart
+    and stronger than C (-52 dB against -55), and A still hears it now and then: B is the
+    challenger but never out-reads A. The old engine let B hold the challenger's place (C was
+    never 6 dB stronger than B), so C's reads were thrown away and the move never came; a
+    challenger whose count lead is gone now yields to the next location read."""
+    reads = reads_at("floor", 1, 0, 10, rssi=-58, every_s=0.3)
+    reads += reads_at("floor", 1, 10.5, 40, rssi=-66, every_s=1.0)
+    reads += reads_at("floor", 2, 10.05, 40, rssi=-52, every_s=1.0)
+    reads += reads_at("floor", 3, 10.1, 40, rssi=-55, every_s=0.3)
+    moves = run(Engine(three_zones()), reads, 40)
+    assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "C")]
+    assert 10.0 <= secs(moves[1]) <= 11.0
+
+
 def test_one_outlier_read_does_not_start_a_challengers_lead() -> None:
     """A parked tag at A (read every 0.3 s) gets one outlier read at B, 13 dB above A's level
     (sigma 5 dB makes one now and then), and B's next cross-read a second later at its usual
