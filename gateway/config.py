@@ -36,6 +36,7 @@ from gateway.confschema import (
     join,
     parse_host_port,
     parse_size,
+    process_count,
     read_toml,
     topic_name,
 )
@@ -57,6 +58,9 @@ class GatewaySettings:
     state_dir: str = field(default_factory=lambda: os.environ.get("STATE_DIRECTORY", ""))
     timezone: str = "UTC"
     shutdown_timeout_s: float = duration(10.0)
+    # LLRP readers decoded in this many child processes (gateway/decoders.py); "auto": the
+    # cores but one; 0: in the gateway process.
+    decoder_processes: int | str = process_count(0)
 
     def __post_init__(self) -> None:
         if not self.state_dir:

@@ -255,6 +255,27 @@ def parse_host_port(value: Any) -> tuple[str, int]:
     return host, port
 
 
+MAX_DECODER_PROCESSES = 64
+
+
+def parse_process_count(value: Any) -> int | str:
+    """`decoder_processes`: "auto" (the cores but one) or 0..64 (0: decode in-process)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= MAX_DECODER_PROCESSES:
+            return value
+        raise ValueError(
+            f"must be 0 (decode in the gateway process) to {MAX_DECODER_PROCESSES}, got {value}"
+        )
+    raise ValueError(f'expected "auto" or a number of processes (0 = none), got {value!r}')
+
+
+def process_count(default: int | str) -> Any:
+    """A dataclass field holding a number of processes or "auto"."""
+    return dataclasses.field(default=default, metadata={PARSE: parse_process_count})
+
+
 _TOPIC_BAD = re.compile(r"[+#/\x00]")
 
 

@@ -28,12 +28,13 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from drivers.base import Driver, driver_class
 from gateway import config as config_mod
 from gateway import sdnotify
 from gateway.config import Settings
+from gateway.decoders import DecoderPool, pooled_readers, process_count
 from gateway.delivery import Delivery
 from gateway.engine import Engine, EngineConfig
 from gateway.health import Devices, Health
@@ -51,6 +52,16 @@ RELOADED = ("locations", "portals", "profiles", "engine", "epcis")
 NEEDS_RESTART = ("gateway", "mqtt", "metrics", "outbox", "readers", "equipment")
 
 
+class Supervised(Protocol):
+    """What _supervise restarts: a driver, or the LLRP decoder processes' pool."""
+
+    name: str
+
+    async def run(self) -> None: ...
+
+    def count_error(self, kind: str, n: int = 1) -> None: ...
+
+
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -62,6 +73,7 @@ class Gateway:
         self.ingest: Ingest | None = None
         self.delivery: Delivery | None = None
         self.http: HealthServer | None = None
+        self.decoders: DecoderPool | None = None  # LLRP readers decoded in child processes
         self.fatal: BaseException | None = None
 
     # --- start-up -----------------------------------------------------------------------------
@@ -126,8 +138,18 @@ class Gateway:
         }
 
     def _make_drivers(self, sink: GatewaySink) -> list[Driver]:
+        """The drivers run here; the LLRP readers' go to decoder processes if so configured."""
+        pooled = pooled_readers(self.settings)
+        if pooled:
+            processes = process_count(self.settings.gateway.decoder_processes)
+            self.decoders = DecoderPool(pooled, processes, sink)
+            self.metrics.add_collector(self.decoders.collect)
+            for reader in self.decoders.readers.values():
+                self.devices.add(reader)
         drivers = []
         for device in self.settings.devices:
+            if device in pooled:
+                continue
             driver = driver_class(device.driver)(device, sink)
             self.devices.add(driver)
             drivers.append(driver)
@@ -161,6 +183,11 @@ class Gateway:
         for driver in drivers:
             task = group.create_task(self._supervise(driver), name=f"driver:{driver.name}")
             self.devices.supervised_by(driver.name, task)
+        if self.decoders is not None:
+            # One task serves every pooled reader: it is each one's supervisor.
+            task = group.create_task(self._supervise(self.decoders), name="decoders")
+            for name in self.decoders.readers:
+                self.devices.supervised_by(name, task)
         loops = {
             "ingest": ingest.run(),
             "publish": delivery.publish_loop(),
@@ -173,7 +200,7 @@ class Gateway:
         }
         group.create_task(self._stop_when(stop, ingest, delivery, tasks), name="stop")
 
-    async def _supervise(self, driver: Driver) -> None:
+    async def _supervise(self, driver: Supervised) -> None:
         """A driver must never end on a device error; if its code crashes, restart it (an
         error escaping this task would end the TaskGroup, and the daemon with it)."""
         while True:
@@ -218,7 +245,7 @@ class Gateway:
         outbox drained within the grace, then the other loops."""
         await stop.wait()
         self._begin_stop()
-        await _cancel(list(self.devices.tasks.values()))
+        await _cancel(list(dict.fromkeys(self.devices.tasks.values())))  # (one per pool)
         await _cancel([loops["ingest"]])
         await ingest.flush()  # an OutboxError here ends the group: no drain without durability
         await delivery.drain(self.settings.gateway.shutdown_timeout_s)
@@ -278,6 +305,8 @@ class Gateway:
         if self.ingest is not None:
             for line in self.ingest.reload(new, applied):  # handhelds: labels, bizSteps, ...
                 log.warning("%s", line)
+        if self.decoders is not None:
+            self.decoders.reload(new)
         self.settings = applied
         log.info("reloaded %s (%s)", new.path, ", ".join(RELOADED))
         needs_restart = [name for name in NEEDS_RESTART if getattr(old, name) != getattr(new, name)]
