@@ -913,7 +913,9 @@ class Engine:
             # Another location is gathering evidence: this read replaces it only when it beats
             # it as a challenger beats a current location, and only once that location has
             # gone quiet (else cross-reads between two neighbours, or one outlier, would keep
-            # resetting a true move's evidence).
+            # resetting a true move's evidence). A challenger that no longer out-reads where
+            # the tag is (count lead 0) protects nothing: a neighbour's cross-reads must not
+            # hold off the zone the tag was really carried to.
             cl = self.locs[c]
             # (A single read is no evidence to protect: one weak stray must not hold off a
             # tag's strong reads at its real location while a first sighting is confirmed.)
@@ -1102,7 +1104,10 @@ class Engine:
             if (
                 t - self._t_cand[i] <= self.locs[self._cand[i]].gap_us
                 and n - self._n_cand[i] < _FIRST_OUTREAD
-                and self._s_cur[i] - self._s_cand[i] < loc.threshold
+                and (
+                    self._s_cur[i] - self._s_cand[i] < loc.threshold
+                    or n < min(self._n_cand[i], _OUTREAD)
+                )
             ):
                 return  # a close contest: neither _FIRST_OUTREAD more reads nor the threshold
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending

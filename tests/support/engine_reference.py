@@ -903,7 +903,10 @@ class Engine:
             if (
                 t - self._t_cand[i] <= self.locs[self._cand[i]].gap_us
                 and n - self._n_cand[i] < _FIRST_OUTREAD
-                and self._s_cur[i] - self._s_cand[i] < loc.threshold
+                and (
+                    self._s_cur[i] - self._s_cand[i] < loc.threshold
+                    or n < min(self._n_cand[i], _OUTREAD)
+                )
             ):
                 return  # a close contest
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending

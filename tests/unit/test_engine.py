@@ -694,6 +694,20 @@ def test_a_first_sighting_heard_first_by_a_neighbour_is_dated_from_its_first_rea
     assert secs(moves[0]) == 0.0
 
 
+def test_a_level_lead_on_a_few_reads_does_not_decide_against_a_rival_that_out_reads_it() -> None:
+    """A tag put down in A. Neighbour B reads it first, once 14 dB above its usual level (an
+    outlier, as fading and antenna gains make), then every 0.6 s; A reads it every 0.2 s, 4 dB
+    above B's usual level. By A's confirmation time B's smoothed level is still 6 dB ahead on
+    two reads against A's four: the old engine confirmed B (and moved the tag to A seconds
+    later). A level lead now decides only on as many reads as the rival's (or _OUTREAD)."""
+    reads = [TagRead(EPC, "zones", 2, -40.0, T0)]
+    reads += reads_at("zones", 2, 0.6, 20, rssi=-58, every_s=0.6)
+    reads += reads_at("zones", 1, 0.08, 20, rssi=-54, every_s=0.2)
+    moves = run(Engine(site()), reads, 20)
+    assert kinds(moves) == [("arrived", None, "A")]
+    assert secs(moves[0]) == 0.0
+
+
 def three_zones() -> EngineConfig:
     """Zones A, B and C on one reader's antennas 1-3 (a dense floor's neighbours)."""
     zone = NS(offsite=False, biz_step=None, disposition=None, profile=None)
