@@ -1,8 +1,9 @@
 """Soak: a realistic site through the real daemon for N minutes, watching the daemon's memory,
 file descriptors, threads, outbox and engine state for growth.
 
-    python -m tools.soak --minutes 125 [--readers 16] [--rate 100] [--warmup-min 20]
-    (make soak: 2 hours after a 20-minute warm-up, one broker outage an hour)
+    python -m tools.soak [--minutes 125] [--readers 16] [--rate 100] [--warmup-min 15]
+    (make soak: 125 minutes, the RSS slope fitted over the 110 after warm-up, a broker
+    outage an hour)
 
 What runs: a mosquitto of its own; N simulated LLRP readers (the LLRP simulator's generator:
 `--rate` reads/s each over a population of 200 tags per reader) plus a staging zone fed 5 new
@@ -12,9 +13,9 @@ handheld counting the store floor every 6 s; `fc-edge run` on one config merged 
 gateway/demo/'s functions; `fc-edge listen` as the IMS (a persistent session). The broker
 (persistence on) is stopped for `--outage-s` seconds every `--outage-every-min` minutes, the
 first half-way through the first period, as a site's broker restarts or its uplink drops.
-The staging zone forgets a departed case after 10 minutes (its profile's forget_after_s: a
-real staging lane's setting), so the engine's state reaches its steady size within the
-warm-up instead of growing for the zone default's hour.
+Every zone forgets a departed tag after 10 minutes (the zone profile's forget_after_s, set
+by the site: a busy staging lane's choice), so the engine's state reaches its steady size
+within the warm-up instead of growing for the default's hour.
 
 Every `--sample-s` seconds it samples the daemon's RSS (/proc/PID/status VmRSS), threads
 (Threads) and open file descriptors (/proc/PID/fd), the outbox depth, the engine's tracked
@@ -45,6 +46,7 @@ Exit 0 when every bound holds, 1 otherwise; the figures as one JSON document on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -61,6 +63,7 @@ if str(ROOT) not in sys.path:  # `python tools/soak.py` as well as `python -m to
 
 from gateway import demo  # noqa: E402
 from gateway.devkit.broker import Mosquitto  # noqa: E402
+from gateway.engine.config import DEFAULT_PROFILES  # noqa: E402
 from simulators.llrp.server import Generator, ReaderSpec, SimServer  # noqa: E402
 from tools.harness import ListenProcess, fc_edge, free_port, wait_for  # noqa: E402
 from tools.simsite import (  # noqa: E402
@@ -142,7 +145,7 @@ class Soak:
         self, sim: SimServer, broker_url: str, equipment: dict[str, int], handheld: int
     ) -> Path:
         locations: dict[str, dict[str, Any]] = {f"ZONE-{i:02d}": {} for i in range(self.readers)}
-        locations["STAGING"] = {"biz_step": "storing", "profile": "staging"}
+        locations["STAGING"] = {"biz_step": "storing"}
         for station in demo.ROBOT_STATIONS.values():
             locations[station] = {}
         readers = [
@@ -164,13 +167,11 @@ class Soak:
             "gateway": {"site": SITE, "id": "gw-soak", "state_dir": str(self.workdir / "state")},
             "mqtt": {"url": broker_url, "client_id": "fc-edge-gw-soak"},
             "locations": locations,
-            "profiles": {
-                "staging": {
-                    "confirm_s": 0.75,
-                    "departed_after_s": CHURN_DEPARTED_S,
-                    "forget_after_s": CHURN_FORGET_S,
-                }
-            },
+            # Every zone forgets a departed tag after 10 minutes (the default zone profile
+            # with a shorter forget_after_s). A departed tag has no location left, so the
+            # engine forgets it after the longest forget_after_s of any location: a staging
+            # profile of its own would not shorten it.
+            "profiles": {"zone": zone_profile(forget_after_s=CHURN_FORGET_S)},
             "readers": readers,
         }
         self.metrics_url = f"http://127.0.0.1:{free_port()}"
@@ -373,6 +374,12 @@ class Soak:
         ) or (self.samples[-1].t_s < back + DRAIN_WITHIN_S)  # judged at the end instead
 
 
+def zone_profile(**changes: Any) -> dict[str, Any]:
+    """The default zone profile as a [profiles.zone] table, with `changes`."""
+    zone = dataclasses.replace(DEFAULT_PROFILES["zone"], **changes)
+    return {k: v for k, v in dataclasses.asdict(zone).items() if v is not None}
+
+
 def rss_slope_mb_per_h(samples: list[Sample]) -> float:
     """The least-squares slope of RSS over time, in MB per hour."""
     fit = statistics.linear_regression([s.t_s for s in samples], [s.rss_mb for s in samples])
@@ -388,11 +395,11 @@ def threads(pid: int) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, default=140.0)
+    p.add_argument("--minutes", type=float, default=125.0)
     p.add_argument("--readers", type=int, default=16)
     p.add_argument("--rate", type=float, default=100.0, help="reads/s per reader")
     p.add_argument("--sample-s", type=float, default=10.0)
-    p.add_argument("--warmup-min", type=float, default=20.0)
+    p.add_argument("--warmup-min", type=float, default=15.0)
     p.add_argument("--rss-bound-mb", type=float, default=20.0)
     p.add_argument("--slope-bound-mb-h", type=float, default=1.0)
     p.add_argument("--fd-bound", type=int, default=5)
