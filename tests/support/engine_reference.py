@@ -772,8 +772,9 @@ class Engine:
         if is_tentative:
             # (Fewer reads may still take it when clearly stronger: the profile's threshold
             # over min_reads reads; cross-reads are a neighbour's weaker echoes.)
-            losing = s <= s_here or (
-                n < self._n_cur[i] and (n < self._min_reads or s - s_here < old.threshold)
+            losing = not self._out_reads_tentative(i, n, s, s_here, old.threshold) and (
+                s <= s_here
+                or (n < self._n_cur[i] and (n < self._min_reads or s - s_here < old.threshold))
             )
         else:
             off = old.floor if outread else old.offset(self._silence(i, cur, t))
@@ -804,6 +805,14 @@ class Engine:
             self._book(i, (lead + int(self._confirm_us(i, cur, new))) // self._tick_us + 1)
             return
         self._win(i, s, t, read.reader, _via(place), step)
+
+    def _out_reads_tentative(
+        self, i: int, n: int, s: float, s_here: float, threshold: float
+    ) -> bool:
+        """The challenger to a tentative estimate has _FIRST_OUTREAD more reads than it and is
+        within the threshold of its level (the close contest of _confirm_tentative, from the
+        challenger's side): a tag is read far more often where it is."""
+        return n - self._n_cur[i] >= _FIRST_OUTREAD and s_here - s < threshold
 
     def _count_challenger_read(self, i: int, t: int) -> None:
         if self._k_lead[i] == 0:

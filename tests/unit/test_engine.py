@@ -708,6 +708,20 @@ def test_a_level_lead_on_a_few_reads_does_not_decide_against_a_rival_that_out_re
     assert secs(moves[0]) == 0.0
 
 
+def test_a_rival_that_out_reads_a_tentative_estimate_takes_it_though_a_little_weaker() -> None:
+    """A tag put down in A; neighbour B reads it twice, strongly (-50, -51: fading), A every
+    0.25 s, 5 dB weaker than those two. The old engine let a tentative estimate yield only to
+    a stronger location: B held the tag until it went stale, and the arrival at A came as a
+    new sighting seconds later. Out-read by _FIRST_OUTREAD, with no level lead of the
+    threshold on as many reads, B gives the estimate to A; the arrival is dated from the
+    sighting's first read."""
+    reads = [TagRead(EPC, "zones", 2, -50.0, T0), TagRead(EPC, "zones", 2, -51.0, T0 + 1_000_000)]
+    reads += reads_at("zones", 1, 0.05, 20, rssi=-56, every_s=0.25)
+    moves = run(Engine(site()), reads, 20)
+    assert kinds(moves) == [("arrived", None, "A")]
+    assert secs(moves[0]) == 0.0
+
+
 def three_zones() -> EngineConfig:
     """Zones A, B and C on one reader's antennas 1-3 (a dense floor's neighbours)."""
     zone = NS(offsite=False, biz_step=None, disposition=None, profile=None)
