@@ -1305,20 +1305,31 @@ class Engine:
             self._catching_up = False
         return self._catching_up
 
+    def _ended_move_holds(self, i: int, cur: int, c: int, horizon: int) -> bool:
+        """A challenger whose reads ended wins at the absence horizon when it had out-read the
+        tag's location by _OUTREAD and led for confirm_s; or, once the tag is read no more at
+        all (silent past the challenger's gap: it left the field), by _FIRST_OUTREAD for
+        confirm_s, as a first sighting is decided. Its count lead cannot grow any more, and a
+        parked tag is never silent: a case carried out of the field from its new zone, read
+        there five times in a burst of misses, has moved."""
+        confirm = self._confirm_us(i, cur, self.locs[c])
+        k, lead = self._k_lead[i], self._t_lead[i]
+        if k >= _OUTREAD and lead != NEVER and horizon - lead >= confirm:
+            return True
+        if horizon - self._seen[i] <= self.locs[c].gap_us or k < _FIRST_OUTREAD:
+            return False
+        return horizon - (self._t_k0[i] if lead == NEVER else lead) >= confirm
+
     def _check_absence(self, i: int, horizon: int, step: Step) -> None:
         seen = self._seen[i]
         cur = self._loc[i]
         c = self._cand[i]
-        if (
-            c != NONE
-            and not self._tentative[i]
-            and self._t_lead[i] != NEVER
-            and self._k_lead[i] >= _OUTREAD
-            and horizon - self._t_lead[i] >= self._confirm_us(i, cur, self.locs[c])
-        ):
+        if c != NONE and not self._tentative[i] and self._ended_move_holds(i, cur, c, horizon):
             # A move whose reads ended before its confirmation time (a case that left the
             # field from its new zone): every read up to the horizon is judged, none undid it.
             source, via = self._sighted_by[c]
+            if self._t_lead[i] == NEVER:  # (never led on level: dated by its count lead)
+                self._t_lead[i] = self._t_k0[i]
             self._win(i, self._s_cand[i], self._t_cand[i], source, via, step)
             return
         if (

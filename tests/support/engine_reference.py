@@ -1114,19 +1114,26 @@ class Engine:
             self._catching_up = False
         return self._catching_up
 
+    def _move_held(self, i: int, cur: int, c: int, horizon: int) -> bool:
+        """Out-read by _OUTREAD with a lead that held confirm_s; or, once the tag is read no
+        more (silent past the gap), out-read by _FIRST_OUTREAD for confirm_s."""
+        confirm = self._confirm_us(i, cur, self.locs[c])
+        k, lead = self._k_lead[i], self._t_lead[i]
+        if k >= _OUTREAD and lead != NEVER and horizon - lead >= confirm:
+            return True
+        if horizon - self._seen[i] <= self.locs[c].gap_us or k < _FIRST_OUTREAD:
+            return False
+        return horizon - (self._t_k0[i] if lead == NEVER else lead) >= confirm
+
     def _check_absence(self, i: int, horizon: int, step: Step) -> None:
         seen = self._seen[i]
         cur = self._loc[i]
         c = self._cand[i]
-        if (
-            c != NONE
-            and not self._tentative[i]
-            and self._t_lead[i] != NEVER
-            and self._k_lead[i] >= _OUTREAD
-            and horizon - self._t_lead[i] >= self._confirm_us(i, cur, self.locs[c])
-        ):
+        if c != NONE and not self._tentative[i] and self._move_held(i, cur, c, horizon):
             # A move whose reads ended before its confirmation time: nothing undid it.
             source, via = self._sighted(c)
+            if self._t_lead[i] == NEVER:
+                self._t_lead[i] = self._t_k0[i]
             self._win(i, self._s_cand[i], self._t_cand[i], source, via, step)
             return
         if (

@@ -722,6 +722,20 @@ def test_a_rival_that_out_reads_a_tentative_estimate_takes_it_though_a_little_we
     assert secs(moves[0]) == 0.0
 
 
+def test_a_case_read_a_few_times_in_its_new_zone_before_it_leaves_the_field_has_moved() -> None:
+    """A case on a conveyor: zone A reads it for 1.5 s, zone B five times in 0.8 s (a burst of
+    misses), then it leaves the field. B never out-read A by _OUTREAD, so the old engine
+    reported it departed from A. Read no more at all, out-read by _FIRST_OUTREAD as a first
+    sighting must be, it moved to B (dated when B's reads began) and departed from there."""
+    reads = reads_at("zones", 1, 0, 1.5, rssi=-50, every_s=0.05)
+    reads += [
+        TagRead(EPC, "zones", 2, -50.0, T0 + round(t * 1e6)) for t in (1.6, 1.7, 1.9, 2.2, 2.4)
+    ]
+    moves = run(Engine(site()), reads, 40)
+    assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "B"), ("departed", "B", None)]
+    assert secs(moves[1]) == 1.6
+
+
 def three_zones() -> EngineConfig:
     """Zones A, B and C on one reader's antennas 1-3 (a dense floor's neighbours)."""
     zone = NS(offsite=False, biz_step=None, disposition=None, profile=None)
