@@ -81,6 +81,9 @@ _OUTREAD = 8
 # location contesting it, or the profile's threshold over it: the first reads of a tag come from
 # every antenna that hears it.
 _FIRST_OUTREAD = 4
+# A single read confirms a first sighting only where the location has confirmed this many and
+# read (almost) no tag that was elsewhere: see Engine._single_read_trusted.
+_TRUST_SIGHTINGS = 100
 
 if _hotloop is not None:
     _hotloop.setup(NONE, NEVER, NO_EVIDENCE, _ROUNDS, _IV_WEIGHT, _OUTREAD)
@@ -128,6 +131,8 @@ class Loc:
         "readers",
         "gap_us",
         "refresh_us",
+        "sightings",
+        "foreign_reads",
     )
 
     def __init__(self, lid: int, info: LocationInfo, readers: frozenset[str]) -> None:
@@ -149,6 +154,10 @@ class Loc:
         # A present tag's persisted state is refreshed when its last_seen_us is this old, so a
         # restart never judges its absence from a stale time (never, for "never departs").
         self.refresh_us = self.departed_after_us // 2 if self.departed_after_us else 1 << 62
+        # Learnt: first sightings confirmed here, and reads here of tags confirmed elsewhere
+        # (cross-reads, strays, a neighbour's leaks): see Engine._single_read_trusted.
+        self.sightings = 0
+        self.foreign_reads = 0
 
     def fade(self, since_us: float) -> float:
         """How much a level measured here `since_us` ago has faded: a location's claim on a
@@ -295,6 +304,8 @@ class Engine:
                 self._loc_ids[name] = loc.id
                 self.locs.append(loc)
             else:
+                old = self.locs[lid]  # what was learnt there stays
+                loc.sightings, loc.foreign_reads = old.sightings, old.foreign_reads
                 self.locs[lid] = loc
         for loc in self.locs:
             # Evidence expires when its location has not read the tag for this long; a slow
@@ -877,6 +888,8 @@ class Engine:
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
         is_tentative = self._tentative[i]
+        if not is_tentative:
+            self.locs[lid].foreign_reads += 1
         if is_tentative and t - self._t_cur[i] > self.locs[cur].gap_us:
             self._forget_estimate(i)  # stale, never confirmed: this read is a first sighting
             self._first_sighting(i, lid, place, rssi, t, read, step)
@@ -1091,6 +1104,9 @@ class Engine:
         with no other location leading. Offsite ones too: where a tag was seen offsite is the
         `from` of its arrival, so a stray read there must not count."""
         if self._n_cur[i] < self._min_reads:
+            cur = self.locs[self._loc[i]]
+            if self._single_read_trusted(cur):  # judged once its reads have ended
+                self._book(i, (t + max(cur.confirm_us, cur.gap_us)) // self._tick_us + 2)
             return
         loc = self.locs[self._loc[i]]
         confirm_at = self._t_since[i] + loc.confirm_us
@@ -1124,6 +1140,7 @@ class Engine:
             # In a zone, from the sighting's first read (its evidence began there): a tag heard
             # first by a neighbour, then out-read there, was where it is since then.
             since = min(since, self._ev[i])
+        loc.sightings += 1
         self._tentative[i] = 0
         self._t_since[i] = t
         self._clear_evidence(i)
@@ -1320,6 +1337,13 @@ class Engine:
             return False
         return horizon - (self._t_k0[i] if lead == NEVER else lead) >= confirm
 
+    @staticmethod
+    def _single_read_trusted(loc: Loc) -> bool:
+        """A tag read once here, and nowhere else before its reads ended, was here: this
+        location has confirmed many first sightings and read almost no tag that was elsewhere
+        (a tunnel reader of its own). Where neighbours leak into each other, min_reads holds."""
+        return loc.sightings >= _TRUST_SIGHTINGS and loc.foreign_reads * 100 <= loc.sightings
+
     def _check_absence(self, i: int, horizon: int, step: Step) -> None:
         seen = self._seen[i]
         cur = self._loc[i]
@@ -1335,7 +1359,13 @@ class Engine:
         if (
             cur != NONE
             and self._tentative[i]
-            and self._n_cur[i] >= self._min_reads
+            and (
+                self._n_cur[i] >= self._min_reads
+                or (
+                    self._single_read_trusted(self.locs[cur])
+                    and horizon - seen > self.locs[cur].gap_us
+                )
+            )
             and horizon - self._t_since[i] >= self.locs[cur].confirm_us
         ):
             # A first sighting whose reads ended before its confirm_s (a tag passing through a

@@ -81,6 +81,12 @@ class Step:
     states: list[TagState] = field(default_factory=list)
 
 
+def _trusts_one_read(loc: Loc) -> bool:
+    """100 first sightings confirmed here, and at most one read of a tag that was elsewhere
+    per 100 of them: a tag read here once, then nowhere, was here."""
+    return loc.sightings >= 100 and loc.foreign_reads * 100 <= loc.sightings
+
+
 class Loc:
     """Runtime view of one location: its config plus its profile in microseconds."""
 
@@ -100,6 +106,8 @@ class Loc:
         "readers",
         "gap_us",
         "refresh_us",
+        "sightings",
+        "foreign_reads",
     )
 
     def __init__(self, lid: int, info: LocationInfo, readers: frozenset[str]) -> None:
@@ -121,6 +129,8 @@ class Loc:
         # A present tag's persisted state is refreshed when its last_seen_us is this old, so a
         # restart never judges its absence from a stale time (never, for "never departs").
         self.refresh_us = self.departed_after_us // 2 if self.departed_after_us else 1 << 62
+        self.sightings = 0  # first sightings confirmed here
+        self.foreign_reads = 0  # reads here of tags confirmed elsewhere
 
     def fade(self, since_us: float) -> float:
         """How much a level measured here `since_us` ago has faded: a location's claim on a
@@ -245,6 +255,8 @@ class Engine:
                 self._loc_ids[name] = loc.id
                 self.locs.append(loc)
             else:
+                old = self.locs[lid]  # what was learnt there stays
+                loc.sightings, loc.foreign_reads = old.sightings, old.foreign_reads
                 self.locs[lid] = loc
         for loc in self.locs:
             # Evidence expires when its location has not read the tag for this long; a slow
@@ -695,6 +707,8 @@ class Engine:
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
         is_tentative = self._tentative[i]
+        if not is_tentative:
+            self.locs[lid].foreign_reads += 1
         if is_tentative and t - self._t_cur[i] > self.locs[cur].gap_us:
             self._forget_estimate(i)  # stale, never confirmed: this read is a first sighting
             self._first_sighting(i, lid, place, rssi, t, read, step)
@@ -895,6 +909,9 @@ class Engine:
         with no other location leading. Offsite ones too: where a tag was seen offsite is the
         `from` of its arrival, so a stray read there must not count."""
         if self._n_cur[i] < self._min_reads:
+            cur = self.locs[self._loc[i]]
+            if _trusts_one_read(cur):
+                self._book(i, (t + max(cur.confirm_us, cur.gap_us)) // self._tick_us + 2)
             return
         loc = self.locs[self._loc[i]]
         if t - self._t_since[i] < loc.confirm_us:
@@ -922,6 +939,7 @@ class Engine:
         portal_sides = {p.location for p in self.config.places.values() if p.portal is not None}
         if loc.name not in portal_sides:  # a zone: from the sighting's first read
             since = min(since, self._ev[i])
+        loc.sightings += 1
         self._tentative[i] = 0
         self._t_since[i] = t
         self._clear_evidence(i)
@@ -1139,7 +1157,10 @@ class Engine:
         if (
             cur != NONE
             and self._tentative[i]
-            and self._n_cur[i] >= self._min_reads
+            and (
+                self._n_cur[i] >= self._min_reads
+                or (_trusts_one_read(self.locs[cur]) and horizon - seen > self.locs[cur].gap_us)
+            )
             and horizon - self._t_since[i] >= self.locs[cur].confirm_us
         ):
             # A first sighting whose reads ended before its confirm_s: nothing contradicted it.

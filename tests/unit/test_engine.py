@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.engine import Engine, EngineConfig, Step
+from gateway.engine.core import PythonLoopEngine
 from gateway.engine.settings import EngineSettings
 from gateway.model import Movement, TagRead, TagState
 from tests.support.engine_site import EPC, T0, keepalive, site
@@ -734,6 +735,42 @@ def test_a_case_read_a_few_times_in_its_new_zone_before_it_leaves_the_field_has_
     moves = run(Engine(site()), reads, 40)
     assert kinds(moves) == [("arrived", None, "A"), ("moved", "A", "B"), ("departed", "B", None)]
     assert secs(moves[1]) == 1.6
+
+
+def test_a_tunnel_that_reads_no_foreign_tag_trusts_a_single_read_once_it_has_learnt_that() -> None:
+    """A tunnel reader of its own (zone A; B is another reader's) passes 150 cases, each read
+    three times; then one read only once (a burst of misses). A has confirmed 150 sightings and
+    never read a tag that was elsewhere, so the case read once was there: it arrives, dated at
+    that read, and departs. The same single read in a zone that hears its neighbour's tags
+    (B's, 20 cross-reads) stays a `single`, as on a new site before 100 sightings (the old
+    engine never trusted one read)."""
+    from tests.support import engine_reference
+
+    def cases(n: int, start_s: float) -> list[TagRead]:
+        reads = []
+        for k in range(n):
+            epc = f"30742{k:019X}"
+            t = start_s + 0.4 * k
+            reads += [
+                TagRead(epc, "zones", 1, -55.0, T0 + round((t + d) * 1e6)) for d in (0, 0.1, 0.2)
+            ]
+        return reads
+
+    once = TagRead(EPC, "zones", 1, -60.0, T0 + 70_000_000)
+    for make in (Engine, PythonLoopEngine, engine_reference.Engine):
+        moves = run(make(site()), [*cases(150, 0.0), once], 110)
+        mine = [m for m in moves if m.epc == EPC]
+        assert kinds(mine) == [("arrived", None, "A"), ("departed", "A", None)], make
+        assert secs(mine[0]) == 70.0
+        leaky = [*cases(150, 0.0), once]
+        leaky += reads_at("zones", 1, 65, 67, rssi=-70, every_s=0.1, epc="3074257BF7194E4000009999")
+        leaky += reads_at(
+            "zones", 2, 60, 100, rssi=-50, every_s=0.1, epc="3074257BF7194E4000009999"
+        )
+        engine = make(site())
+        assert [m for m in run(engine, leaky, 110) if m.epc == EPC] == [], make
+        fresh = make(site())
+        assert [m for m in run(fresh, [*cases(50, 0.0), once], 110) if m.epc == EPC] == []
 
 
 def three_zones() -> EngineConfig:
