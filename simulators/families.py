@@ -61,11 +61,13 @@ MODELS = ("independent", "bursty")
 # 4001-4010 were the fourth; run once (2026-12-07) after that change, and their per-family
 # figures (docs/engine.md) were known when the next rules (first sightings dated from their
 # first read, challengers that no longer out-read, ended moves by _FIRST_OUTREAD) were written.
+# 5001-5010 were the fifth; run once (2026-12-07) after those rules, and their figures were
+# known when the next rule (a single read trusted where a location reads no foreign tag) came.
 RETIRED_EVALUATION_SEEDS = tuple(
-    seed for first in (1001, 2001, 3001, 4001) for seed in range(first, first + 10)
+    seed for first in (1001, 2001, 3001, 4001, 5001) for seed in range(first, first + 10)
 )
 TUNING_SEEDS = tuple(range(1, 11)) + RETIRED_EVALUATION_SEEDS
-EVALUATION_SEEDS = tuple(range(5001, 5011))
+EVALUATION_SEEDS = tuple(range(6001, 6011))
 SEED_SETS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     {"tuning": TUNING_SEEDS, "evaluation": EVALUATION_SEEDS}
 )
