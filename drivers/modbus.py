@@ -24,11 +24,11 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from drivers.base import DeviceEvent, Driver, SessionEnded, Sink
+from drivers.base import Sink
+from drivers.equipment import DeviceDown, EquipmentDriver
 from drivers.modbus_map import (
     BIT_KINDS,
     DecodeError,
@@ -57,18 +57,10 @@ if _pymodbus_log.level == logging.NOTSET:
 _EPC_HEX = re.compile(r"[0-9A-Fa-f]{4,}")
 
 
-class DeviceDown(SessionEnded):
-    """The device stopped answering (timeout, refused, disconnected): end the session. Its
-    reconnect cause is "unreachable"; the reason is counted as an error kind."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__("unreachable", f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+__all__ = ["DeviceDown", "ModbusDriver"]
 
 
-class ModbusDriver(Driver):
-    kind = "equipment"
+class ModbusDriver(EquipmentDriver):
     Options = ModbusOptions
 
     def __init__(self, device: Any, sink: Sink) -> None:
@@ -83,14 +75,7 @@ class ModbusDriver(Driver):
         self.polls = 0  # completed polls (good or partly good), for health and tests
         self.requests = 0  # read requests sent
         self._raw: dict[str, Sequence[Any]] = {}  # last raw words per point
-        self._values: dict[str, Any] = {}  # last decoded value per status point
-        self._alarms: dict[str, frozenset[str]] = {}
-        self._counters: dict[str, int] = {}
-        self._down: str | None = None  # "unreachable" | "stale" while reported so
-        self._down_since = 0.0
         self._heartbeat: Any = None
-        self._heartbeat_changed = 0.0
-        self._last_status: float | None = None  # monotonic time of the last full status
         self._first_poll = True
         self._exception_streak = False
         self._durable_seq: int | None = None
@@ -143,24 +128,6 @@ class ModbusDriver(Driver):
         if client is not None:
             client.close()
 
-    def failure_cause(self, exc: Exception) -> str:
-        if isinstance(exc, DeviceDown):
-            self.count_error(exc.reason)
-        return super().failure_cause(exc)
-
-    # A polled device's state says whether it answers, not where the reconnect loop is: "up"
-    # from its first good poll (_poll_once), "unreachable" once when it stops answering, "up"
-    # again once it answers — never a connecting/backoff flicker per retry.
-    def on_connecting(self) -> None:
-        pass
-
-    def on_up(self) -> None:
-        pass  # _poll_once said so already
-
-    def on_backoff(self, cause: str, exc: Exception) -> None:
-        down = exc if isinstance(exc, DeviceDown) else DeviceDown(cause, str(exc))
-        self._report_unreachable(down)
-
     def _make_client(self) -> Any:
         from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
@@ -203,19 +170,18 @@ class ModbusDriver(Driver):
         if snapshot:
             self.mark_data(time_us)
         self._raw.update(snapshot)
-        self._report_recovered_from("unreachable")
+        self.report_recovered_from("unreachable")
         if self._first_poll:
             self._first_poll = False
             self.set_state("up")
             log.info(
-                "%s: polling %s (%d requests per poll)", self.name, self._where(), len(self.blocks)
+                "%s: polling %s (%d requests per poll)", self.name, self.where(), len(self.blocks)
             )
         self.process(snapshot, time_us)
         if self.map.handshake is not None:
             await self._handshake(client, snapshot)
-        last = self._last_status
-        if last is None or time.monotonic() - last >= self.options.status_interval_s:
-            self._emit_status(time_us)
+        if self.status_due():
+            self.emit_status(time_us, polls=self.polls)
 
     async def _read_blocks(
         self, client: Any, blocks: Sequence[ReadBlock]
@@ -316,41 +282,11 @@ class ModbusDriver(Driver):
         shown = self._display(point, value, raw)
         if point.enum is not None and shown.startswith("unknown("):
             self.count_error("unknown_enum")
-        if point.name not in self._values:
-            return  # first sight: reported in the status, not as a change
-        previous = self._values[point.name]
-        if previous == shown:
-            return
-        data: dict[str, Any] = {
-            "event": "state",
-            "point": point.name,
-            "value": shown,
-            "previous": previous,
-        }
-        if point.enum is not None:
-            data["code"] = raw_value(point, raw)
-        self._emit(data, time_us)
+        code = raw_value(point, raw) if point.enum is not None else None
+        self.state_changed(point.name, shown, code, point.enum is not None, time_us)
 
     def _on_alarms(self, point: Point, value: Any, time_us: int) -> None:
-        active = self._active_alarms(point, value)
-        previous = self._alarms.get(point.name)
-        self._alarms[point.name] = active
-        if previous is None:
-            return
-        for alarm in sorted(active - previous):
-            self._emit(self._alarm_event(point, alarm, True), time_us)
-        for alarm in sorted(previous - active):
-            self._emit(self._alarm_event(point, alarm, False), time_us)
-
-    @staticmethod
-    def _alarm_event(point: Point, alarm: str, active: bool) -> dict[str, Any]:
-        return {
-            "event": "alarm",
-            "point": point.name,
-            "alarm": alarm,
-            "active": active,
-            "previous": not active,
-        }
+        self.alarms_changed(point.name, self._active_alarms(point, value), time_us)
 
     @staticmethod
     def _active_alarms(point: Point, value: Any) -> frozenset[str]:
@@ -365,50 +301,12 @@ class ModbusDriver(Driver):
 
     def _on_counter(self, point: Point, raw: Sequence[Any], time_us: int) -> None:
         total = raw_value(point, raw)
-        if total is None:
-            return
-        previous = self._counters.get(point.name)
-        self._counters[point.name] = total
-        if previous is None or total == previous:
-            return
-        data: dict[str, Any] = {"event": "counter", "point": point.name, "total": total}
-        modulus = point.modulus or 0
-        if total > previous:
-            data["delta"] = total - previous
-        elif modulus and previous > modulus * 3 // 4 and total < modulus // 4:
-            data["delta"] = total + modulus - previous  # wrapped around
-        else:
-            data["delta"] = total  # went back: the PLC reset the counter
-            data["reset"] = True
-        if point.unit:
-            data["unit"] = point.unit
-        self._emit(data, time_us)
-
-    def _emit(self, data: dict[str, Any], time_us: int | None = None) -> None:
-        self.sink.event(
-            DeviceEvent(device=self.name, kind="equipment", data=data, time_us=time_us or now_us())
-        )
-
-    def _emit_status(self, time_us: int) -> None:
-        self._last_status = time.monotonic()
-        health = self.health()
-        alarms = sorted(a for active in self._alarms.values() for a in active)
-        self._emit(
-            {
-                "event": "status",
-                "state": health.state,
-                "points": dict(self._values),
-                "alarms": alarms,
-                "counters": dict(self._counters),
-                "errors": dict(health.errors),
-                "polls": self.polls,
-            },
-            time_us,
-        )
+        if total is not None:
+            self.counter_changed(point.name, total, point.modulus, point.unit, time_us)
 
     # --- reachability and heartbeat ---------------------------------------------------------
 
-    def _where(self) -> str:
+    def where(self) -> str:
         o = self.options
         return (
             f"{o.serial} (RTU, id {o.device_id})"
@@ -416,60 +314,19 @@ class ModbusDriver(Driver):
             else f"{o.host}:{o.port} (id {o.device_id})"
         )
 
-    def _report_unreachable(self, exc: DeviceDown) -> None:
-        if self._down == "unreachable":
-            return
-        previous = self.health().state
-        self._down = "unreachable"
-        self._down_since = time.monotonic()
-        log.warning("%s: unreachable at %s: %s", self.name, self._where(), exc)
-        self._emit(
-            {
-                "event": "unreachable",
-                "reason": exc.reason,
-                "detail": exc.detail,
-                "previous": previous,
-            }
-        )
-        self.set_state("unreachable", exc.reason)
-
-    def _report_recovered_from(self, kind: str) -> None:
-        if self._down != kind:
-            return
-        down_s = round(time.monotonic() - self._down_since, 3)
-        self._down = None
-        # The heartbeat clock restarts: silence while unreachable is not staleness.
-        self._heartbeat_changed = time.monotonic()
-        log.info("%s: recovered from %s after %.1f s", self.name, kind, down_s)
-        self._emit({"event": "recovered", "from": kind, "down_s": down_s})
-        self.set_state("up")
-
     def _check_heartbeat(self, snapshot: Mapping[str, Sequence[Any]]) -> None:
         point = self.map.heartbeat
         if point is None:
             return
-        now = time.monotonic()
         raw = snapshot.get(point.name)
         if raw is not None:
             value = list(raw)
             if self._heartbeat is None or value != self._heartbeat:
                 first = self._heartbeat is None
                 self._heartbeat = value
-                self._heartbeat_changed = now
-                if not first:
-                    self._report_recovered_from("stale")
+                self.heartbeat_changed(first)
                 return
-        if self._heartbeat_changed == 0.0:
-            self._heartbeat_changed = now
-        unchanged = now - self._heartbeat_changed
-        if unchanged >= self.options.stale_after_s and self._down is None:
-            self._down = "stale"
-            self._down_since = self._heartbeat_changed
-            log.warning(
-                "%s: stale: heartbeat %r unchanged for %.1f s", self.name, point.name, unchanged
-            )
-            self._emit({"event": "stale", "point": point.name, "unchanged_s": round(unchanged, 3)})
-            self.set_state("stale", f"heartbeat {point.name} unchanged")
+        self.check_stale(point.name)
 
     # --- robot move handshake ---------------------------------------------------------------
 
@@ -561,7 +418,7 @@ class ModbusDriver(Driver):
         if self._bad_move_logged != seq:
             self._bad_move_logged = seq
             log.error("%s: move seq %d refused: %s", self.name, seq, reason)
-            self._emit({"event": "move_refused", "seq": seq, "reason": reason})
+            self.emit({"event": "move_refused", "seq": seq, "reason": reason})
 
     async def _write_ack(self, client: Any, seq: int) -> None:
         from pymodbus.exceptions import ModbusException

@@ -32,10 +32,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from gateway.confschema import Errors, build, join, read_toml
 
@@ -52,6 +52,20 @@ MAX_BITS_PER_READ = 2000
 
 _FIXED_WIDTH = {"uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2, "bool": 1}
 _INTEGER_TYPES = frozenset({"uint16", "int16", "uint32", "int32"})
+
+
+P = TypeVar("P")
+
+
+def effective_role(role: Role | None, enum: object, bits: object) -> Role:
+    """A point's role as given, else from what it has: bits -> alarms, enum -> state."""
+    if role is not None:
+        return role
+    if bits:
+        return "alarms"
+    if enum:
+        return "state"
+    return "value"
 
 
 class MapError(ValueError):
@@ -94,13 +108,7 @@ class Point:
 
     @property
     def effective_role(self) -> Role:
-        if self.role is not None:
-            return self.role
-        if self.bits:
-            return "alarms"
-        if self.enum:
-            return "state"
-        return "value"
+        return effective_role(self.role, self.enum, self.bits)
 
     @property
     def modulus(self) -> int | None:
@@ -174,11 +182,37 @@ class RegisterMap:
 def load_map(path: str | Path) -> RegisterMap:
     """Read and validate a map file; raises MapError listing every problem found."""
     path = Path(path)
+    return map_from_dict(read_map_toml(path, "register map"), path.name, str(path))
+
+
+def read_map_toml(path: Path, what: str) -> dict[str, Any]:
+    """A map file's TOML (raises MapError naming the file if it cannot be read or parsed)."""
     try:
-        raw = read_toml(path, "register map")
+        return read_toml(path, what)
     except ValueError as exc:
         raise MapError([str(exc)]) from None
-    return map_from_dict(raw, path.name, str(path))
+
+
+def build_points(
+    raw_points: Mapping[str, Any],
+    cls: type[P],
+    check: Callable[[P, str, Errors], bool],
+    errors: Errors,
+) -> dict[str, P]:
+    """`[points.NAME]` tables -> points of `cls` (a frozen dataclass with a `name` field set
+    here), those that pass `check`; every problem goes to `errors` under `points.NAME`."""
+    if not raw_points:
+        errors.add("points", "a map needs at least one point")
+    points: dict[str, P] = {}
+    for name, value in raw_points.items():
+        here = join("points", name)
+        point = build(cls, value, here, errors)
+        if point is None:
+            continue
+        object.__setattr__(point, "name", name)  # frozen: the one write, right after build
+        if check(point, here, errors):
+            points[name] = point
+    return points
 
 
 def map_from_dict(raw: dict[str, Any], label: str = "map", path: str = "") -> RegisterMap:
@@ -186,16 +220,7 @@ def map_from_dict(raw: dict[str, Any], label: str = "map", path: str = "") -> Re
     top = build(RawMap, raw, "", errors)
     points: dict[str, Point] = {}
     if top is not None:
-        if not top.points:
-            errors.add("points", "a map needs at least one point")
-        for name, value in top.points.items():
-            here = join("points", name)
-            point = build(Point, value, here, errors)
-            if point is None:
-                continue
-            object.__setattr__(point, "name", name)  # frozen: the one write, right after build
-            if check_point(point, here, errors):
-                points[name] = point
+        points = build_points(top.points, Point, check_point, errors)
         check_overlaps(points, errors)
     heartbeat = handshake = None
     if top is not None and not errors:

@@ -18,29 +18,12 @@ line on stdout:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
-import signal
 import sys
-import threading
 from typing import Any
 
+from simulators.control import answer_commands, emit, parse_listen, run_simulator
 from simulators.modbus.devices import DEVICES, PackMLMachine, RobotCell, SimulatedDevice
 from simulators.modbus.server import SimulatorServer
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port must be a number in {text!r}") from None
-    if not 0 <= number < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    return host.strip("[]") or "127.0.0.1", number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,11 +61,6 @@ def make_device(args: argparse.Namespace) -> SimulatedDevice:
     return DEVICES[args.device](**common)
 
 
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 async def serve(args: argparse.Namespace) -> int:
     host, port = args.listen
     server = SimulatorServer(
@@ -99,38 +77,13 @@ async def serve(args: argparse.Namespace) -> int:
         print(f"cannot serve: {exc}", file=sys.stderr)
         return 1
     emit({"serial": args.serial} if args.serial else {"host": bound_host, "port": bound_port})
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, done.set)
-
-    def handle(line: str) -> None:
-        try:
-            command = json.loads(line)
-            if not isinstance(command, dict):
-                raise ValueError("expected a JSON object")
-            emit(server.control(command))
-        except ValueError as exc:
-            emit({"ok": False, "error": str(exc)})
-
-    def read_stdin() -> None:  # a thread: stdin has no portable asyncio reader
-        for line in sys.stdin:
-            if line.strip():
-                loop.call_soon_threadsafe(handle, line)
-
-    threading.Thread(target=read_stdin, name="modbus-sim-stdin", daemon=True).start()
-    await done.wait()
+    await answer_commands(server.control, "modbus-sim")
     await server.stop()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return asyncio.run(serve(args))
-    except KeyboardInterrupt:
-        return 130
+    return run_simulator(serve(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
