@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +173,82 @@ def check_modbus(device: Device) -> list[str]:
     return []
 
 
+# --- opcua ------------------------------------------------------------------------------------
+
+OPCUA_SECURITY = ("None", "Basic256Sha256,Sign", "Basic256Sha256,SignAndEncrypt")
+
+
+@dataclass(frozen=True, slots=True)
+class OPCUAOptions:
+    """Keys of an `[[equipment]]` entry with `driver = "opcua"`."""
+
+    url: str  # opc.tcp://host:port[/path]
+    map: str  # point map TOML (node ids); relative to the config file's folder
+    security: Literal["None", "Basic256Sha256,Sign", "Basic256Sha256,SignAndEncrypt"] = "None"
+    certificate_file: str | None = None  # this client's certificate (DER or PEM)
+    private_key_file: str | None = None  # its key: a secret (see secret_path)
+    server_certificate_file: str | None = None  # pin the server's certificate (optional)
+    username: str | None = None
+    password_file: str | None = None  # a secret (see secret_path)
+    interval_s: float = duration(1.0)  # publishing interval; the fallback poll period
+    stale_after_s: float = duration(10.0)  # heartbeat unchanged this long -> stale
+    status_interval_s: float = duration(60.0)  # a full status event this often
+    timeout_s: float = duration(4.0)  # per request
+    subscription_timeout_s: float = duration(5.0)  # no notification this long: poll instead
+    reconnect_max_s: float = duration(30.0)  # the longest wait between connection attempts
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"opc\.tcp://[^/:\s]+:\d{1,5}(/\S*)?", self.url):
+            raise ValueError(f"url: expected opc.tcp://host:port, got {self.url!r}")
+        for key in ("certificate_file", "private_key_file"):
+            if self.security != "None" and not getattr(self, key):
+                raise ValueError(f"{key}: required with security = {self.security!r}")
+        if self.username is not None and self.password_file is None:
+            raise ValueError("password_file: required with username (secrets come from files)")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("username: required with password_file")
+
+
+def secret_path(device: Device, path: str) -> Path:
+    """A secret file (a key, a password): a relative name is looked up in
+    $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when set, else in the config's folder."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and not Path(path).is_absolute():
+        return Path(credentials) / path
+    return device.resolve(path)
+
+
+def opcua_files(device: Device) -> list[tuple[str, Path]]:
+    """The files an OPC UA entry names, as (key, path) resolved the way the driver opens them."""
+    o = device.options
+    files = [("map", device.resolve(o.map))]
+    for key in ("certificate_file", "server_certificate_file"):
+        if getattr(o, key) is not None:
+            files.append((key, device.resolve(getattr(o, key))))
+    for key in ("private_key_file", "password_file"):
+        if getattr(o, key) is not None:
+            files.append((key, secret_path(device, getattr(o, key))))
+    return files
+
+
+def check_opcua(device: Device) -> list[str]:
+    """The point map and every certificate, key and password file must load: `check-config`
+    and `run` say which key names a missing file, before anything is opened."""
+    from drivers.opcua_map import MapError, load_map  # the map's own parser: no asyncua
+
+    problems = []
+    for key, path in opcua_files(device):
+        if not os.access(path, os.R_OK) or not path.is_file():
+            problems.append(f"{key}: {path}: no such readable file")
+    if problems:
+        return problems
+    try:
+        load_map(device.resolve(device.options.map))
+    except MapError as exc:
+        return [f"map: {line}" for line in exc.lines]
+    return []
+
+
 # --- the registry ------------------------------------------------------------------------------
 
 
@@ -220,6 +298,13 @@ DRIVERS: dict[str, DriverSpec] = {
         check=check_modbus,
         requires=("pymodbus",),
         renamed={"status_every_s": "status_interval_s"},
+    ),
+    "opcua": DriverSpec(
+        "equipment",
+        OPCUAOptions,
+        "drivers.opcua:OPCUADriver",
+        check=check_opcua,
+        requires=("asyncua",),
     ),
 }
 

@@ -27,6 +27,7 @@ SIMULATORS = {
     "llrp": "simulators.llrp.cli:main",
     "tsl": "simulators.tsl.cli:main",
     "modbus": "simulators.modbus.cli:main",
+    "opcua": "simulators.opcua.cli:main",
 }
 BENCHES = {
     "outbox": "gateway.bench:outbox_main",
@@ -135,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in DELEGATED:
         sub.add_parser(name, add_help=False, help=f"see fc-edge {name} --help")
-    sim = sub.add_parser("simulate", add_help=False, help="simulate a device: llrp | tsl | modbus")
+    sim = sub.add_parser(
+        "simulate", add_help=False, help="simulate a device: llrp | tsl | modbus | opcua"
+    )
     sim.add_argument("kind", choices=sorted(SIMULATORS))
     bench = sub.add_parser("bench", add_help=False, help="benchmarks: " + " | ".join(BENCHES))
     bench.add_argument("what", choices=sorted(BENCHES))

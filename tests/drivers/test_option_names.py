@@ -109,6 +109,8 @@ UNIT_FREE = {"speed", "loop", "file", "host", "port", "mode", "session", "map", 
 UNIT_FREE |= {"tag_population", "report_n_tags", "workflow", "allowed_locations"}
 UNIT_FREE |= {"returns_location", "count_part_size", "baudrate", "parity", "device_id"}
 UNIT_FREE |= {"max_gap", "stations"}
+UNIT_FREE |= {"url", "security", "certificate_file", "private_key_file"}  # opcua
+UNIT_FREE |= {"server_certificate_file", "username", "password_file"}
 
 
 def test_every_option_is_snake_case_and_every_time_is_in_seconds() -> None:

@@ -1,0 +1,114 @@
+"""A PLC over OPC UA end to end: `fc-edge simulate opcua --device packml` (its own process,
+asyncua's real server) → `fc-edge run` → mosquitto → `fc-edge listen`. The IMS sees PackML
+state changes, and one `unreachable` then one `recovered` when the simulator is killed and
+started again on the same port, while the gateway runs throughout."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.broker import Broker
+from tests.support.gateway import ROOT, ListenProcess, fc_edge, gateway_head
+from tests.support.helpers import free_port, validate_message, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+class OPCUASim:
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.err = open(tmp_path / f"sim-{port}.err", "ab")  # noqa: SIM115
+        self.proc = fc_edge(
+            "simulate",
+            "opcua",
+            "--device",
+            "packml",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--step-s",
+            "0.5",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline())
+        assert hello["port"] == port, hello
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self.err.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        self.err.close()
+
+
+def config(state: Path, broker_url: str, port: int) -> str:
+    return (
+        gateway_head(state, broker_url)
+        + f"""
+[locations.PACK]
+
+[[equipment]]
+name = "packer-1"
+driver = "opcua"
+url = "opc.tcp://127.0.0.1:{port}"
+map = "{ROOT}/drivers/maps/opcua/packml.toml"
+interval_s = 0.5
+reconnect_max_s = 2
+"""
+    )
+
+
+def test_packml_states_and_a_killed_simulator_reach_the_ims(tmp_path: Path, broker: Broker) -> None:
+    port = free_port()
+    conf = tmp_path / "gw.toml"
+    conf.write_text(config(tmp_path / "state", broker.url, port))
+    check = fc_edge("check-config", "-c", str(conf), stdout=subprocess.PIPE)
+    assert check.wait(60) == 0
+    sim = OPCUASim(tmp_path, port)
+    listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "equipment")
+    log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
+    gw = fc_edge("run", "-c", str(conf), stdout=log, stderr=log)
+
+    def events(kind: str) -> list[dict[str, Any]]:
+        return [m for m in listen.lines() if m.get("event") == kind]
+
+    try:
+        # at least two PackML states reported as changes
+        wait_for(lambda: len({e["value"] for e in events("state")}) >= 2, 60, interval=0.2)
+        sim.kill()
+        wait_for(lambda: bool(events("unreachable")), 40, interval=0.2)
+        sim = OPCUASim(tmp_path, port)
+        wait_for(lambda: bool(events("recovered")), 60, interval=0.2)
+        after = len(events("state"))
+        wait_for(lambda: len(events("state")) > after, 30, interval=0.2)  # subscribed again
+        assert gw.poll() is None, "the gateway ran throughout"
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(30) == 0, (tmp_path / "gw.log").read_text()[-3000:]
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait(10)
+        log.close()
+        summary = listen.stop()
+        sim.stop()
+    lines = listen.lines()
+    for m in lines:
+        validate_message(m)
+    assert {m["device"] for m in lines} == {"packer-1"}
+    states = [m for m in lines if m["event"] == "state" and m["point"] == "state"]
+    assert len({m["value"] for m in states}) >= 2
+    (down,) = events("unreachable")
+    (up,) = events("recovered")
+    assert up["from"] == "unreachable" and up["seq"] > down["seq"]
+    assert summary["gaps"] == 0
