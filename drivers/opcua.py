@@ -150,8 +150,24 @@ class OPCUADriver(EquipmentDriver):
             client.set_user(o.username)
             client.set_password(read_secret(str(secret_path(self.device, o.password_file))))
         if o.security != "None":
-            await client.set_security_string(self._security_string())
+            await self._use_certificate(client)
         return client
+
+    async def _use_certificate(self, client: Any) -> None:
+        """Sign (and encrypt) with our certificate. A server checks that the ApplicationUri the
+        client announces is the URI in its certificate, so the client takes that URI."""
+        from asyncua.crypto import uacrypto
+        from cryptography import x509
+
+        assert self.options.certificate_file is not None
+        path = self.device.resolve(self.options.certificate_file)
+        cert = await uacrypto.load_certificate(path)
+        with contextlib.suppress(x509.ExtensionNotFound):
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+            if uris:
+                client.application_uri = uris[0]
+        await client.set_security_string(self._security_string())
 
     def _security_string(self) -> str:
         """asyncua's "Policy,Mode,certificate,key[,server certificate]"."""

@@ -318,3 +318,94 @@ def test_the_config_validates_the_opcua_keys_naming_each(tmp_path: Path) -> None
     assert "equipment[0].subscription_timeout_s" in config_error(
         {"url": "opc.tcp://h:4840", "subscription_timeout_s": 0}
     )
+
+
+# --- security and users -------------------------------------------------------------------------
+
+
+class OneUser:
+    """asyncua's user manager interface: one user name and password, nobody else."""
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> Any:
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        if username == "op" and password == "s3cret":  # noqa: S105 (a test server's user)
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+async def make_cert(tmp_path: Path, name: str, uri: str, server: bool) -> tuple[Path, Path]:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key, cert = tmp_path / f"{name}-key.pem", tmp_path / f"{name}.der"
+    use = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    await setup_self_signed_certificate(key, cert, uri, "localhost", [use], {"commonName": name})
+    return cert, key
+
+
+@pytest.mark.parametrize(("password", "works"), [("s3cret", True), ("wrong", False)])
+def test_basic256sha256_sign_and_encrypt_with_a_user(
+    tmp_path: Path, password: str, works: bool
+) -> None:
+    (tmp_path / "password").write_text(password + "\n")
+    used: list[tuple[str, Any]] = []
+
+    async def main() -> OPCUADriver:
+        server = Server(user_manager=OneUser())  # type: ignore[arg-type]
+        await server.init()
+        server.set_endpoint("opc.tcp://127.0.0.1:0/")
+        cert, key = await make_cert(tmp_path, "server", "urn:test:server", server=True)
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        idx = await server.register_namespace("urn:test:secure")
+        obj = await server.nodes.objects.add_object(ua.NodeId("S", idx), "S")
+        beat = await obj.add_variable(
+            ua.NodeId("S.Beat", idx), "Beat", ua.Variant(0, ua.VariantType.UInt32)
+        )
+        await server.start()
+        assert server.bserver is not None
+        client_cert, client_key = await make_cert(
+            tmp_path, "client", "urn:test:fc-edge", server=False
+        )
+        map_path = tmp_path / "s.toml"
+        map_path.write_text('[points.beat]\nnode = "ns=2;s=S.Beat"\n[heartbeat]\npoint = "beat"\n')
+        driver = make_driver(
+            f"opc.tcp://127.0.0.1:{server.bserver.port}",
+            map_path,
+            security="Basic256Sha256,SignAndEncrypt",
+            certificate_file=str(client_cert),
+            private_key_file=str(client_key),
+            username="op",
+            password_file=str(tmp_path / "password"),
+        )
+        task = asyncio.create_task(driver.run())
+        if works:
+            for n in range(1, 6):
+                await beat.write_value(ua.Variant(n, ua.VariantType.UInt32))
+                await asyncio.sleep(0.3)
+            await until(lambda: driver.notifications >= 5)
+            policy = driver._client.security_policy  # the session's own, as negotiated
+            used.append((policy.URI.rsplit("#", 1)[-1], policy.Mode))
+        else:
+            await until(lambda: driver.health().errors["rejected"] >= 1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.stop()
+        return driver
+
+    driver = asyncio.run(main())
+    if works:
+        assert driver.sessions == 1 and driver.health().errors == {}
+        assert used == [("Basic256Sha256", ua.MessageSecurityMode.SignAndEncrypt)]
+    else:
+        assert driver.sessions == 0
+        (down,) = events(driver, "unreachable")
+        assert down["reason"] == "rejected"
