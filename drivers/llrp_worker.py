@@ -173,7 +173,7 @@ async def serve(devices: Sequence[DeviceSettings], data: Connection, ctrl: Conne
     sink.heartbeat()  # the final counters, after every session's last reads
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> None:
     data_fd, ctrl_fd, parent_pid = (int(x) for x in argv[:3])
     die_with_parent(parent_pid)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -186,7 +186,10 @@ def main(argv: Sequence[str]) -> int:
     asyncio.run(serve(init["devices"], data, ctrl))
     with contextlib.suppress(OSError):
         data.close()
-    return 0
+    # Every session is closed and its last reads are in the pipe. A sllurp thread whose close
+    # timed out (abandoned) is not a daemon thread and would hold the interpreter's exit.
+    logging.shutdown()
+    os._exit(0)
 
 
 def setup_logging(init: dict[str, Any]) -> None:
@@ -196,4 +199,4 @@ def setup_logging(init: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])
