@@ -29,11 +29,11 @@ from typing import Any
 
 from gateway.bench.common import (
     ROOT,
-    _cpu_s,
     _loadavg,
     _ready,
     emit,
     machine,
+    tree_cpu_s,
     workdir,
 )
 from gateway.devkit.process import stop
@@ -770,9 +770,13 @@ def serve_generators(readers: int, rate_per_reader: float) -> int:
     return 0
 
 
-def _pipeline_config(tmp: Path, url: str, metrics_port: int, ports: dict[str, int]) -> str:
+def _pipeline_config(
+    tmp: Path, url: str, metrics_port: int, ports: dict[str, int], decoders: int | str = 0
+) -> str:
+    decoder_processes = f'"{decoders}"' if decoders == "auto" else decoders
     lines = [
-        f'[gateway]\nsite = "{SITE}"\nid = "{GATEWAY}"\nstate_dir = "{tmp / "state"}"\n',
+        f'[gateway]\nsite = "{SITE}"\nid = "{GATEWAY}"\nstate_dir = "{tmp / "state"}"\n'
+        f"decoder_processes = {decoder_processes}\n",
         f'[mqtt]\nurl = "{url}"\nclient_id = "bench-pipeline"\n',
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
     ]
@@ -805,10 +809,17 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def pipeline_step(
-    tmp: Path, url: str, readers: int, offered: float, warmup_s: float, measure_s: float
+    tmp: Path,
+    url: str,
+    readers: int,
+    offered: float,
+    warmup_s: float,
+    measure_s: float,
+    decoders: int | str = 0,
 ) -> dict[str, Any]:
-    """One offered rate: simulators and `fc-edge run` (each its own process) for warmup +
-    measure seconds; achieved reads/s from the gateway's own reads counter."""
+    """One offered rate: simulators and `fc-edge run` (each its own process, with its decoder
+    processes if any) for warmup + measure seconds; achieved reads/s from the gateway's own
+    reads counter, CPU per process of the gateway's process tree."""
     from gateway.devkit.process import free_port
 
     sim = gateway = None
@@ -831,7 +842,9 @@ def pipeline_step(
         assert sim.stdout is not None
         ports = json.loads(sim.stdout.readline())["ports"]
         metrics_port = free_port()
-        (step_dir / "gw.toml").write_text(_pipeline_config(step_dir, url, metrics_port, ports))
+        (step_dir / "gw.toml").write_text(
+            _pipeline_config(step_dir, url, metrics_port, ports, decoders)
+        )
         log = open(step_dir / "gateway.log", "wb")  # noqa: SIM115 (closed with the process)
         gateway = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(step_dir / "gw.toml")],
@@ -861,16 +874,26 @@ def pipeline_step(
             if m["tracked"] >= readers * GENERATOR_TAGS and m["outbox"] <= 100:
                 break
             time.sleep(0.2)
-        m0, c0, t0 = _scrape(metrics_port), _cpu_s(gateway.pid), time.perf_counter()
+        s0 = tree_cpu_s(sim.pid)["main"]
+        m0, c0, t0 = _scrape(metrics_port), tree_cpu_s(gateway.pid), time.perf_counter()
         time.sleep(measure_s)
-        m1, c1, t1 = _scrape(metrics_port), _cpu_s(gateway.pid), time.perf_counter()
+        m1, c1, t1 = _scrape(metrics_port), tree_cpu_s(gateway.pid), time.perf_counter()
+        s1 = tree_cpu_s(sim.pid)["main"]
         achieved = (m1["reads"] - m0["reads"]) / (t1 - t0)
-        cpu = (c1 - c0) / (t1 - t0)
+        by_process = {k: (c1[k] - c0[k]) / (t1 - t0) for k in c1 if k in c0}
+        cpu = sum(by_process.values())
         return {
             "offered_reads_per_s": round(offered),
             "reads_per_s": round(achieved),
             "gateway_cpu": round(cpu, 3),
             "cpu_per_1k_reads_per_s": round(cpu * 1000 / achieved, 4) if achieved else None,
+            "cpu_by_process": {k: round(v, 3) for k, v in by_process.items()},
+            "cpu_per_1k_reads_per_s_by_process": {
+                k: round(v * 1000 / achieved, 4) if achieved else None
+                for k, v in by_process.items()
+            },
+            # The simulated readers share the box: on 2 cores their CPU bounds what is offered.
+            "simulator_cpu": round((s1 - s0) / (t1 - t0), 3),
             "outbox_depth": [m0["outbox"], m1["outbox"]],
             "sustained": achieved >= 0.95 * offered and m1["outbox"] <= m0["outbox"] + 500,
         }
@@ -880,7 +903,12 @@ def pipeline_step(
 
 
 def bench_pipeline(
-    readers: int, rates: Sequence[float], warmup_s: float, measure_s: float, base: str | None = None
+    readers: int,
+    rates: Sequence[float],
+    warmup_s: float,
+    measure_s: float,
+    base: str | None = None,
+    decoders: int | str = 0,
 ) -> dict[str, Any]:
     """Offered rate ramped until the gateway no longer keeps up (reads/s below 95 % of offered,
     or the outbox growing); the floor is sllurp's decode-only rate on 100-tag reports."""
@@ -895,8 +923,10 @@ def bench_pipeline(
             "rates": list(rates),
             "warmup_s": warmup_s,
             "measure_s": measure_s,
+            "decoder_processes": decoders,
             "path": "simulated LLRP readers (child process) -> sllurp -> engine -> outbox -> "
-            "mosquitto, `fc-edge run` in its own process",
+            "mosquitto, `fc-edge run` in its own process (sllurp in its decoder processes "
+            "when decoder_processes > 0)",
             "floor": "sllurp LLRPMessage decode only, 100-tag RO_ACCESS_REPORTs, one process",
         },
         "goal": {"ratio": 0.7},
@@ -908,7 +938,7 @@ def bench_pipeline(
         broker.start()
         try:
             for rate in rates:
-                step = pipeline_step(tmp, broker.url, readers, rate, warmup_s, measure_s)
+                step = pipeline_step(tmp, broker.url, readers, rate, warmup_s, measure_s, decoders)
                 steps.append(step)
                 if not step["sustained"]:
                     break
@@ -940,14 +970,25 @@ def pipeline_main(argv: list[str] | None = None) -> int:
     p.add_argument("--readers", type=int, help="simulated readers (default 16, quick 4)")
     p.add_argument("--rates", help="offered total reads/s, comma-separated ramp")
     p.add_argument("--measure-s", type=float, help="seconds measured per step (default 8, quick 4)")
+    p.add_argument(
+        "--decoder-processes",
+        default="0",
+        help='[gateway] decoder_processes of the gateway measured: N or "auto" (default 0)',
+    )
     args = p.parse_args(argv)
+    choice = args.decoder_processes
+    decoders: int | str = "auto" if choice == "auto" else int(choice)
     readers = args.readers or (4 if args.quick else 16)
-    default_rates = "5000,20000,40000" if args.quick else "5000,10000,20000,30000,40000,60000,80000"
+    default_rates = (
+        "5000,20000,40000"
+        if args.quick
+        else "5000,10000,20000,30000,40000,60000,80000,100000,120000,140000,160000"
+    )
     rates = [float(x) for x in (args.rates or default_rates).split(",") if x]
     measure_s = args.measure_s or (4.0 if args.quick else 8.0)
     if readers <= 0 or not rates or min(rates) <= 0 or measure_s <= 0:
         p.error("--readers, --rates and --measure-s must be positive")
-    doc = bench_pipeline(readers, rates, 2.0 if args.quick else 3.0, measure_s)
+    doc = bench_pipeline(readers, rates, 2.0 if args.quick else 3.0, measure_s, None, decoders)
     emit(
         doc,
         args.json,

@@ -83,3 +83,19 @@ def _ready(port: int) -> bool:
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of `pid` ("main") and of each of its live children (by "child-PID"): a
+    gateway with decoder processes spends its CPU in several."""
+    out = {"main": _cpu_s(pid)}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out[f"child-{entry.name}"] = _cpu_s(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return out
