@@ -7,12 +7,17 @@ event of its own, so one device is reported alike whatever it speaks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import DeviceEvent, Driver, SessionEnded, Sink
-from gateway.model import now_us
+from gateway.model import Movement, now_us
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,16 @@ class EquipmentDriver(Driver):
     def where(self) -> str:
         """The device's address, for log lines."""
         return self.name
+
+    #: The robot move handshake (a driver makes it in __init__, with its cursor key).
+    moves: MoveHandshake
+
+    async def run(self) -> None:
+        self.moves.start()
+        try:
+            await super().run()
+        finally:
+            await self.moves.stop()
 
     # --- the reconnect loop's hooks ---------------------------------------------------------
 
@@ -186,3 +201,134 @@ class EquipmentDriver(Driver):
 
 
 _UNSEEN = object()
+
+
+# --- the robot move handshake ------------------------------------------------------------------
+
+_EPC_HEX = re.compile(r"[0-9A-Fa-f]{4,}")
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRecord:
+    """A robot's move record as read at one moment: its seq, whether its flag was up, and the
+    movement it describes (or why it cannot be one)."""
+
+    seq: int | None
+    flag: bool
+    movement: Movement | str
+
+
+def robot_movement(
+    device: str,
+    stations: Mapping[str, str],
+    epc: str | None,
+    tote: str | None,
+    from_code: Any,
+    to_code: Any,
+) -> Movement | str:
+    """The movement a move record describes, or why it cannot be one."""
+    if epc and (not _EPC_HEX.fullmatch(epc) or len(epc) % 4):
+        return f"EPC {epc!r} is not hex of a whole number of words"
+    if not epc and not tote:
+        return "record has neither an EPC nor a tote id"
+    from_ = stations.get(str(from_code))
+    to = stations.get(str(to_code))
+    if from_ is None or to is None:
+        unknown = from_code if from_ is None else to_code
+        return f"station {unknown} has no location in [stations]"
+    return Movement(
+        type="moved",
+        epc=epc.upper() if epc else None,
+        object_id=tote or None,
+        from_=from_,
+        to=to,
+        time_us=now_us(),
+        source=device,
+        via=device,
+    )
+
+
+class MoveHandshake:
+    """The robot move handshake, whatever the protocol (docs/equipment.md):
+
+    1. the robot writes a record, then raises its flag;
+    2. the driver re-reads the record and hands its movement to the sink with the cursor
+       `cursor_key` = seq, in one outbox transaction;
+    3. only once that is durable does it write seq into the robot's ack;
+    4. a raised record whose seq is at or below the cursor was booked already (by a run that
+       died before the ack): it is acknowledged, not booked again.
+
+    A record that cannot become a movement is never acknowledged (`move_refused` says why)."""
+
+    def __init__(self, driver: EquipmentDriver, cursor_key: str) -> None:
+        self.driver = driver
+        self.cursor_key = cursor_key
+        self.durable_seq: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._refused_logged: int | None = None
+
+    def start(self) -> None:
+        self.durable_seq = self.driver.sink.cursor(self.cursor_key)
+
+    async def stop(self) -> None:
+        # The booking outlives a reconnect (its movement may still become durable, and the
+        # next session then only acks it), so it ends with the driver, not with a session.
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def seen(
+        self,
+        flag: bool,
+        seq: int | None,
+        ack: int | None,
+        read_record: Callable[[], Awaitable[MoveRecord | None]],
+        write_ack: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """The flag, seq and ack as just read: book, or ack what was booked already."""
+        if not flag or seq is None:
+            return
+        durable = self.durable_seq
+        if durable is not None and seq <= durable:
+            if ack != seq:
+                if seq < durable:
+                    self.driver.count_error("seq_regressed")
+                await write_ack(seq)
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._book(seq, read_record, write_ack))
+
+    async def _book(
+        self,
+        seq: int,
+        read_record: Callable[[], Awaitable[MoveRecord | None]],
+        write_ack: Callable[[int], Awaitable[None]],
+    ) -> None:
+        try:
+            record = await read_record()
+        except DeviceDown:
+            return  # the session's loop notices and reconnects; the flag will still be up
+        if record is None or record.seq != seq or not record.flag:
+            return  # the robot changed the record meanwhile: the next read sees the new one
+        if isinstance(record.movement, str):
+            self._refused(seq, record.movement)
+            return
+        future = self.driver.sink.movement(record.movement, cursors={self.cursor_key: seq})
+        try:
+            await asyncio.wrap_future(future)
+        except Exception as exc:  # the outbox could not make it durable: retried next read
+            self.driver.count_error("move_not_durable")
+            log.error("%s: move seq %d not stored: %s", self.driver.name, seq, exc)
+            return
+        self.durable_seq = max(self.durable_seq or 0, seq)
+        await write_ack(seq)
+
+    def _refused(self, seq: int, reason: str) -> None:
+        """Never booked half-right, never silently acked away: the robot waits, and the
+        operator sees why (once per record)."""
+        self.driver.count_error("bad_move")
+        if self._refused_logged != seq:
+            self._refused_logged = seq
+            log.error("%s: move seq %d refused: %s", self.driver.name, seq, reason)
+            self.driver.emit({"event": "move_refused", "seq": seq, "reason": reason})

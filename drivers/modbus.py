@@ -21,14 +21,18 @@ end the task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from drivers.base import Sink
-from drivers.equipment import DeviceDown, EquipmentDriver
+from drivers.equipment import (
+    DeviceDown,
+    EquipmentDriver,
+    MoveHandshake,
+    MoveRecord,
+    robot_movement,
+)
 from drivers.modbus_map import (
     BIT_KINDS,
     DecodeError,
@@ -54,8 +58,6 @@ _pymodbus_log = logging.getLogger("pymodbus")
 if _pymodbus_log.level == logging.NOTSET:
     _pymodbus_log.setLevel(logging.CRITICAL)
 
-_EPC_HEX = re.compile(r"[0-9A-Fa-f]{4,}")
-
 
 __all__ = ["DeviceDown", "ModbusDriver"]
 
@@ -72,31 +74,17 @@ class ModbusDriver(EquipmentDriver):
         hs_points = [self.map.points[n] for n in sorted(self.map.handshake_points)]
         self.record_blocks = plan_reads(hs_points, self.options.max_gap)
         self.cursor_key = f"modbus:{self.name}:ack_seq"
+        self.moves = MoveHandshake(self, self.cursor_key)
         self.polls = 0  # completed polls (good or partly good), for health and tests
         self.requests = 0  # read requests sent
         self._raw: dict[str, Sequence[Any]] = {}  # last raw words per point
         self._heartbeat: Any = None
         self._first_poll = True
         self._exception_streak = False
-        self._durable_seq: int | None = None
-        self._move_task: asyncio.Task[None] | None = None
         self._client: Any = None  # the open pymodbus client, from connect() to close()
         self._first_poll_at = 0.0  # loop time of this connection's first poll
-        self._bad_move_logged: int | None = None
 
     # --- the reconnect loop's steps (the loop itself is Driver.run) --------------------------
-
-    async def run(self) -> None:
-        self._durable_seq = self.sink.cursor(self.cursor_key)
-        try:
-            await super().run()
-        finally:
-            # The move task outlives a reconnect (its movement may still become durable, and
-            # the next session then only acks it), so it ends with run(), not with close().
-            if self._move_task is not None:
-                self._move_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._move_task
 
     def make_backoff(self) -> Backoff:
         o = self.options
@@ -333,46 +321,20 @@ class ModbusDriver(EquipmentDriver):
     async def _handshake(self, client: Any, snapshot: Mapping[str, Sequence[Any]]) -> None:
         hs = self.map.handshake
         assert hs is not None
-        flag = self._int(hs.flag, snapshot)
-        seq = self._int(hs.seq, snapshot)
-        if not flag or seq is None:
-            return
-        if self._durable_seq is not None and seq <= self._durable_seq:
-            # Already booked (maybe by a previous run that died before the ack): ack only.
-            if self._int(hs.ack, snapshot) != seq:
-                if seq < self._durable_seq:
-                    self.count_error("seq_regressed")
-                await self._write_ack(client, seq)
-            return
-        if self._move_task is None or self._move_task.done():
-            self._move_task = asyncio.create_task(self._book_move(client, seq))
+
+        async def read_record() -> MoveRecord:
+            record = await self._read_blocks(client, self.record_blocks)
+            seq, flag = self._int(hs.seq, record), bool(self._int(hs.flag, record))
+            return MoveRecord(seq, flag, self._movement(record))
+
+        flag, seq, ack = (self._int(n, snapshot) for n in (hs.flag, hs.seq, hs.ack))
+        await self.moves.seen(
+            bool(flag), seq, ack, read_record, lambda s: self._write_ack(client, s)
+        )
 
     def _int(self, name: str, snapshot: Mapping[str, Sequence[Any]]) -> int | None:
         raw = snapshot.get(name)
         return None if raw is None else raw_value(self.map.points[name], raw)
-
-    async def _book_move(self, client: Any, seq: int) -> None:
-        hs = self.map.handshake
-        assert hs is not None
-        try:
-            record = await self._read_blocks(client, self.record_blocks)
-        except DeviceDown:
-            return  # the poll loop notices and reconnects; the flag will still be up
-        if self._int(hs.seq, record) != seq or not self._int(hs.flag, record):
-            return  # the robot changed the record meanwhile: the next poll sees the new one
-        move = self._movement(record)
-        if isinstance(move, str):
-            self._bad_move(seq, move)
-            return
-        future = self.sink.movement(move, cursors={self.cursor_key: seq})
-        try:
-            await asyncio.wrap_future(future)
-        except Exception as exc:  # the outbox could not make it durable: retried next poll
-            self.count_error("move_not_durable")
-            log.error("%s: move seq %d not stored: %s", self.name, seq, exc)
-            return
-        self._durable_seq = max(self._durable_seq or 0, seq)
-        await self._write_ack(client, seq)
 
     def _movement(self, record: Mapping[str, Sequence[Any]]) -> Movement | str:
         """The movement a record describes, or why it cannot be one."""
@@ -385,40 +347,13 @@ class ModbusDriver(EquipmentDriver):
             to_code = self._int(hs.to_station, record)
         except DecodeError as exc:
             return f"garbage in the record: {exc}"
-        if epc and (not _EPC_HEX.fullmatch(epc) or len(epc) % 4):
-            return f"EPC {epc!r} is not hex of a whole number of words"
-        if not epc and not tote:
-            return "record has neither an EPC nor a tote id"
-        from_ = self.options.stations.get(str(from_code))
-        to = self.options.stations.get(str(to_code))
-        if from_ is None or to is None:
-            unknown = from_code if from_ is None else to_code
-            return f"station {unknown} has no location in [stations]"
-        return Movement(
-            type="moved",
-            epc=epc.upper() if epc else None,
-            object_id=tote or None,
-            from_=from_,
-            to=to,
-            time_us=now_us(),
-            source=self.name,
-            via=self.name,
-        )
+        return robot_movement(self.name, self.options.stations, epc, tote, from_code, to_code)
 
     def _text(self, name: str | None, record: Mapping[str, Sequence[Any]]) -> str | None:
         if name is None or name not in record:
             return None
         value = decode(self.map.points[name], record[name])
         return str(value) or None
-
-    def _bad_move(self, seq: int, reason: str) -> None:
-        """A record that cannot become a movement stays unacknowledged (the robot waits, the
-        operator sees why) — never booked half-right, never silently acked away."""
-        self.count_error("bad_move")
-        if self._bad_move_logged != seq:
-            self._bad_move_logged = seq
-            log.error("%s: move seq %d refused: %s", self.name, seq, reason)
-            self.emit({"event": "move_refused", "seq": seq, "reason": reason})
 
     async def _write_ack(self, client: Any, seq: int) -> None:
         from pymodbus.exceptions import ModbusException

@@ -145,6 +145,12 @@ class Handshake:
     epc: str | None = None
     tote: str | None = None
 
+    @property
+    def points(self) -> frozenset[str]:
+        """The names of the record's points."""
+        names = [self.flag, self.seq, self.from_station, self.to_station, self.ack]
+        return frozenset(n for n in (*names, self.epc, self.tote) if n)
+
 
 @dataclass(frozen=True, slots=True)
 class RawMap:
@@ -164,11 +170,7 @@ class RegisterMap:
 
     @property
     def handshake_points(self) -> frozenset[str]:
-        if self.handshake is None:
-            return frozenset()
-        hs = self.handshake
-        names = [hs.flag, hs.seq, hs.from_station, hs.to_station, hs.ack, hs.epc, hs.tote]
-        return frozenset(n for n in names if n)
+        return self.handshake.points if self.handshake is not None else frozenset()
 
     def status_points(self) -> dict[str, Point]:
         """Points that describe the equipment (everything but the move record)."""

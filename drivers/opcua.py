@@ -29,7 +29,13 @@ import logging
 from typing import Any
 
 from drivers.base import Sink
-from drivers.equipment import DeviceDown, EquipmentDriver
+from drivers.equipment import (
+    DeviceDown,
+    EquipmentDriver,
+    MoveHandshake,
+    MoveRecord,
+    robot_movement,
+)
 from drivers.opcua_map import DecodeError, NodeMap, NodePoint, interpret, load_map
 from drivers.options import OPCUAOptions, secret_path
 from drivers.runtime import Backoff
@@ -83,6 +89,10 @@ class OPCUADriver(EquipmentDriver):
         self._last_notification = 0.0
         self._stalled = False  # a stall was counted and not yet followed by a notification
         self._first = True
+        self._vtypes: dict[str, Any] = {}  # point name -> the server's VariantType (for writes)
+        self.moves = MoveHandshake(self, f"opcua:{self.name}:ack_seq")
+        self._record_changed = False  # a move record point changed since the last look
+        self._record_looked = 0.0  # loop time of the last look
 
     # --- the reconnect loop's steps (the loop itself is Driver.run) --------------------------
 
@@ -107,6 +117,7 @@ class OPCUADriver(EquipmentDriver):
         self._nodes = {name: client.get_node(p.node) for name, p in self.map.points.items()}
         await self._poll()
         await self._subscribe()
+        await self._handshake()
 
     async def serve(self) -> None:
         """Apply notifications; wake every interval_s for the heartbeat, the status and the
@@ -126,6 +137,7 @@ class OPCUADriver(EquipmentDriver):
             if self.map.heartbeat is not None:
                 self.check_stale(self.map.heartbeat.name)
             self._maybe_status()
+            await self._handshake()
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -210,14 +222,15 @@ class OPCUADriver(EquipmentDriver):
         except TimeoutError:
             return None
 
-    async def _read_all(self) -> list[Any]:
-        """Every point's DataValue, in map order; a failed read ends the session."""
+    async def _read_nodes(self, names: list[str]) -> list[Any]:
+        """These points' DataValues, in one request; a failed read ends the session."""
         from asyncua import ua
 
+        nodes = [self._nodes[name] for name in names]
         try:
             async with asyncio.timeout(self.options.timeout_s + 1):
                 result: list[Any] = await self._client.read_attributes(
-                    list(self._nodes.values()), attr=ua.AttributeIds.Value
+                    nodes, attr=ua.AttributeIds.Value
                 )
         except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
@@ -226,7 +239,7 @@ class OPCUADriver(EquipmentDriver):
 
     async def _poll(self) -> bool:
         """Read every point and apply it; True if a value differs from what was known."""
-        values = await self._read_all()
+        values = await self._read_nodes(list(self._nodes))
         self.polls += 1
         time_us = now_us()
         self.mark_data(time_us)
@@ -239,6 +252,8 @@ class OPCUADriver(EquipmentDriver):
         for name, dv in zip(self._nodes, values, strict=True):
             good = dv.StatusCode is None or dv.StatusCode.is_good()
             value = dv.Value.Value if dv.Value is not None else None
+            if good and dv.Value is not None:
+                self._vtypes[name] = dv.Value.VariantType
             changed |= self._apply(name, value, good, time_us)
         self._maybe_status()
         return changed
@@ -284,6 +299,9 @@ class OPCUADriver(EquipmentDriver):
             return False
         first = name not in self._codes
         self._codes[name] = value
+        if name in self.map.handshake_points:
+            self._record_changed = True
+            return True  # the robot's move record: read by _handshake, no events of its own
         if point is self.map.heartbeat:
             self.heartbeat_changed(first)
         role = point.effective_role
@@ -328,3 +346,68 @@ class OPCUADriver(EquipmentDriver):
 
     def where(self) -> str:
         return self.options.url
+
+    # --- robot move handshake (drivers.equipment.MoveHandshake) -------------------------------
+
+    async def _handshake(self) -> None:
+        """Look at the move record when it changed, and every interval_s (an ack that did not
+        arrive is written again), not at every notification."""
+        hs = self.map.handshake
+        if hs is None or self._client is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if not self._record_changed and now - self._record_looked < self.options.interval_s:
+            return
+        self._record_changed, self._record_looked = False, now
+        flag, seq, ack = (self._codes.get(n) for n in (hs.flag, hs.seq, hs.ack))
+        await self.moves.seen(
+            bool(flag),
+            seq if isinstance(seq, int) else None,
+            ack if isinstance(ack, int) else None,
+            self._read_record,
+            self._write_ack,
+        )
+
+    async def _read_record(self) -> MoveRecord | None:
+        """The move record read afresh, all its nodes in one request."""
+        hs = self.map.handshake
+        assert hs is not None
+        names = sorted(self.map.handshake_points)
+        values = await self._read_nodes(names)
+        record: dict[str, Any] = {}
+        for name, dv in zip(names, values, strict=True):
+            if dv.StatusCode is not None and not dv.StatusCode.is_good():
+                self.count_error("bad_status")
+                return None
+            record[name] = dv.Value.Value if dv.Value is not None else None
+        seq = record[hs.seq]
+        texts = [record.get(n) if n else None for n in (hs.epc, hs.tote)]
+        if not isinstance(seq, int) or not all(t is None or isinstance(t, str) for t in texts):
+            return MoveRecord(None, False, "garbage in the record")
+        epc, tote = (t.strip() if t else None for t in texts)
+        move = robot_movement(
+            self.name,
+            self.options.stations,
+            epc,
+            tote,
+            record[hs.from_station],
+            record[hs.to_station],
+        )
+        return MoveRecord(seq, bool(record[hs.flag]), move)
+
+    async def _write_ack(self, seq: int) -> None:
+        from asyncua import ua
+
+        hs = self.map.handshake
+        assert hs is not None
+        vtype = self._vtypes.get(hs.ack, ua.VariantType.UInt32)
+        try:
+            async with asyncio.timeout(self.options.timeout_s + 1):
+                await self._client.write_values(
+                    [self._nodes[hs.ack]], [ua.DataValue(ua.Variant(seq, vtype))]
+                )
+        except (OSError, TimeoutError, ConnectionError, ua.UaError, AttributeError) as exc:
+            self.count_error("ack_failed")  # retried by the next read that sees the flag up
+            log.debug("%s: ack of move seq %d failed: %s", self.name, seq, exc)
+            return
+        log.debug("%s: acked move seq %d", self.name, seq)

@@ -18,6 +18,15 @@ place of an address and no wire type (an OPC UA server says a value's type itsel
     [heartbeat]
     point = "heartbeat"
 
+    [handshake]                    # optional: the robot move record (docs/equipment.md)
+    flag = "move_flag"             # Boolean (or an integer), raised by the robot
+    seq = "move_seq"               # an unsigned integer, +1 per move
+    from_station = "move_from"
+    to_station = "move_to"
+    epc = "move_epc"               # a String (hex), and/or
+    tote = "move_tote"             # a String
+    ack = "move_ack"               # writable: the gateway writes seq into it
+
 Errors name the file and the dotted key (`packml.toml: points.state.node: ...`), as the
 Modbus maps' do. Node ids are checked by their text form here, without asyncua, so that
 `check-config` needs no OPC UA library. `interpret` turns a value the server sent into the
@@ -26,6 +35,7 @@ point's value and raises DecodeError on one it cannot be (the driver counts it, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -36,6 +46,7 @@ from typing import Any
 from drivers.modbus_map import (
     DecodeError,
     DeviceInfo,
+    Handshake,
     Heartbeat,
     MapError,
     Role,
@@ -80,6 +91,7 @@ class _RawMap:
     points: dict[str, Any]
     device: DeviceInfo = field(default_factory=DeviceInfo)
     heartbeat: Heartbeat | None = None
+    handshake: Handshake | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +100,11 @@ class NodeMap:
     device: DeviceInfo
     points: Mapping[str, NodePoint]
     heartbeat: NodePoint | None
+    handshake: Handshake | None = None
+
+    @property
+    def handshake_points(self) -> frozenset[str]:
+        return self.handshake.points if self.handshake is not None else frozenset()
 
 
 def load_map(path: str | Path) -> NodeMap:
@@ -108,9 +125,11 @@ def map_from_dict(raw: dict[str, Any], label: str = "map", path: str = "") -> No
         heartbeat = points.get(top.heartbeat.point)
         if heartbeat is None:
             errors.add("heartbeat.point", f"unknown point {top.heartbeat.point!r}")
+    if top is not None and top.handshake is not None and not errors:
+        check_handshake(top.handshake, points, errors)
     if errors or top is None:
         raise MapError([f"{label}: {line}" for line in errors.lines])
-    return NodeMap(path, top.device, points, heartbeat)
+    return NodeMap(path, top.device, points, heartbeat, top.handshake)
 
 
 def check_point(p: NodePoint, here: str, errors: Errors) -> bool:
@@ -142,6 +161,21 @@ def check_duplicate_nodes(points: Mapping[str, NodePoint], errors: Errors) -> No
         if p.node in seen:
             errors.add(join(join("points", name), "node"), f"same node as point {seen[p.node]!r}")
         seen.setdefault(p.node, name)
+
+
+def check_handshake(hs: Handshake, points: Mapping[str, NodePoint], errors: Errors) -> None:
+    """The move record's points exist and are plain values (the robot's record, no events)."""
+    for f in dataclasses.fields(hs):
+        ref = getattr(hs, f.name)
+        if ref is None:
+            continue
+        here = join("handshake", f.name)
+        if ref not in points:
+            errors.add(here, f"unknown point {ref!r}")
+        elif points[ref].effective_role != "value":
+            errors.add(here, f"point {ref!r} is part of the move record: give it no role")
+    if hs.epc is None and hs.tote is None:
+        errors.add("handshake", "needs an epc or a tote point (or both)")
 
 
 # --- interpreting values ------------------------------------------------------------------------

@@ -196,6 +196,8 @@ class OPCUAOptions:
     timeout_s: float = duration(4.0)  # per request
     subscription_timeout_s: float = duration(5.0)  # no notification this long: poll instead
     reconnect_max_s: float = duration(30.0)  # the longest wait between connection attempts
+    # Robot station number (or name) -> location, for the move handshake.
+    stations: dict[str, str] = field(default_factory=dict, metadata={"location_ref": True})
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"opc\.tcp://[^/:\s]+:\d{1,5}(/\S*)?", self.url):

@@ -1,6 +1,6 @@
-"""OPC UA device simulator (a PackML machine) on asyncua's server."""
+"""OPC UA device simulators (a PackML machine, a robot cell) on asyncua's server."""
 
-from simulators.opcua.device import PackMLTimeline
-from simulators.opcua.server import NODES, PackMLServer
+from simulators.opcua.device import PackMLTimeline, RobotCell, SimulatedDevice
+from simulators.opcua.server import DeviceServer
 
-__all__ = ["NODES", "PackMLServer", "PackMLTimeline"]
+__all__ = ["DeviceServer", "PackMLTimeline", "RobotCell", "SimulatedDevice"]

@@ -1,6 +1,7 @@
-"""`fc-edge simulate opcua`: a PackML machine on an OPC UA server (asyncua).
+"""`fc-edge simulate opcua`: a PackML machine or a robot cell on an OPC UA server (asyncua).
 
     fc-edge simulate opcua --device packml --listen 127.0.0.1:4840
+    fc-edge simulate opcua --device robot --listen 127.0.0.1:4841
 
 The first stdout line is `{"host": ..., "port": ..., "url": ...}`. Then control commands are
 read from stdin, one JSON object per line, each answered by one JSON line on stdout:
@@ -10,7 +11,7 @@ read from stdin, one JSON object per line, each answered by one JSON line on std
     {"fault": "stall"}        values move, subscriptions hear nothing (reads still see them)
     {"fault": "bad_status"}   State has the status BadDeviceFailure
     {"fault": "none"}         clear every fault
-    {"status": true}          the current values and faults
+    {"status": true}          the current values and faults (robot: the acked seqs)
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import argparse
 import sys
 
 from simulators.control import answer_commands, emit, parse_listen, run_simulator
-from simulators.opcua.device import PackMLTimeline
-from simulators.opcua.server import PackMLServer
+from simulators.opcua.device import PackMLTimeline, RobotCell, SimulatedDevice
+from simulators.opcua.server import DeviceServer
 
-DEVICES = ("packml",)
+DEVICES = ("packml", "robot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,16 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=("127.0.0.1", 0),
         help="HOST:PORT to serve opc.tcp on (port 0: any free port; default 127.0.0.1:0)",
     )
-    p.add_argument("--step-s", type=float, default=1.0, help="seconds per PackML state")
+    p.add_argument("--step-s", type=float, default=1.0, help="packml: seconds per PackML state")
+    p.add_argument("--move-every-s", type=float, default=1.0, help="robot: seconds between moves")
     p.add_argument("--heartbeat-s", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1)
     return p
 
 
+def make_device(args: argparse.Namespace) -> SimulatedDevice:
+    if args.device == "robot":
+        return RobotCell(move_every_s=args.move_every_s, heartbeat_s=args.heartbeat_s)
+    return PackMLTimeline(step_s=args.step_s, heartbeat_s=args.heartbeat_s, seed=args.seed)
+
+
 async def serve(args: argparse.Namespace) -> int:
     host, port = args.listen
-    machine = PackMLTimeline(step_s=args.step_s, heartbeat_s=args.heartbeat_s, seed=args.seed)
-    server = PackMLServer(machine, host=host, port=port)
+    server = DeviceServer(make_device(args), host=host, port=port)
     try:
         bound_host, bound_port = await server.start()
     except OSError as exc:

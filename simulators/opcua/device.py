@@ -1,4 +1,6 @@
-"""A PackML machine on a timeline: plain Python, no I/O (simulators/opcua/server.py serves it).
+"""Simulated OPC UA devices: plain Python, no I/O (simulators/opcua/server.py serves them).
+
+A PackML machine on a timeline:
 
 States follow ISA-TR88.00.02 (PackTags Status.StateCurrent codes): from Stopped the machine
 cycles Resetting -> Idle -> Starting -> Execute -> Completing -> Completed -> Resetting ...,
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from asyncua.ua import VariantType
 
 STOPPED, STARTING, IDLE, EXECUTE = 2, 3, 4, 6
 ABORTING, ABORTED, CLEARING = 8, 9, 1
@@ -22,8 +27,46 @@ JAM_ALARM_BIT = 4  # MaterialJam
 SPEED_PPM = 120.0
 
 
+class SimulatedDevice:
+    """What the server needs of a device: its nodes (name -> type; the first is the one
+    `bad_status` spoils), those a client may write, and the script."""
+
+    kind: ClassVar[str]  # the --device name; the namespace is urn:fc-edge:simulator:{kind}
+    object_name: ClassVar[str]  # node ids are "{object_name}.{node}"
+    NODES: ClassVar[dict[str, VariantType]]
+    WRITABLE: ClassVar[frozenset[str]] = frozenset()
+    frozen: bool
+
+    def values(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tick(self, now: float) -> None:
+        raise NotImplementedError
+
+    def written(self, name: str, value: Any, now: float) -> None:
+        """A client wrote `value` into the writable node `name`."""
+
+    def abort(self) -> None:
+        """A jam, where the device can have one."""
+
+    def extra_status(self) -> dict[str, Any]:
+        return {}
+
+
 @dataclass
-class PackMLTimeline:
+class PackMLTimeline(SimulatedDevice):
+    kind: ClassVar[str] = "packml"
+    object_name: ClassVar[str] = "Packer"
+    NODES: ClassVar[dict[str, VariantType]] = {
+        "State": VariantType.Int32,  # PackML state code
+        "StopReason": VariantType.Int32,
+        "GoodCount": VariantType.UInt32,
+        "RejectCount": VariantType.UInt32,
+        "MachineSpeed": VariantType.Double,  # ppm
+        "Alarms": VariantType.UInt32,  # bits: 4 = MaterialJam
+        "Heartbeat": VariantType.UInt32,  # +1 a beat
+    }
+
     step_s: float = 1.0
     heartbeat_s: float = 1.0
     seed: int = 1
@@ -90,3 +133,83 @@ class PackMLTimeline:
             self.alarms = 0
         elif state == RESETTING:
             self.stop_reason = 0
+
+
+@dataclass
+class RobotCell(SimulatedDevice):
+    """A robot that hands over a move record every `move_every_s`: it fills the record (odd
+    seq: a tote id, even seq: an EPC ending in the seq; stations 1 -> 2 -> 3 -> 4 -> 1), raises
+    MoveFlag, and waits until the client writes the seq into MoveAck before the next."""
+
+    kind: ClassVar[str] = "robot"
+    object_name: ClassVar[str] = "Robot"
+    NODES: ClassVar[dict[str, VariantType]] = {
+        "State": VariantType.Int32,  # 1 = Running
+        "Heartbeat": VariantType.UInt32,
+        "MoveFlag": VariantType.Boolean,
+        "MoveSeq": VariantType.UInt32,
+        "MoveFrom": VariantType.Int32,
+        "MoveTo": VariantType.Int32,
+        "MoveEpc": VariantType.String,
+        "MoveTote": VariantType.String,
+        "MoveAck": VariantType.UInt32,
+    }
+    WRITABLE: ClassVar[frozenset[str]] = frozenset({"MoveAck"})
+
+    move_every_s: float = 1.0
+    heartbeat_s: float = 1.0
+    frozen: bool = False
+    heartbeat: int = 0
+    seq: int = 0
+    flag: bool = False
+    from_station: int = 0
+    to_station: int = 0
+    epc: str = ""
+    tote: str = ""
+    ack: int = 0
+    acked: list[int] = field(default_factory=list)
+    _next_move: float | None = None
+    _next_beat: float | None = None
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "State": 1,
+            "Heartbeat": self.heartbeat,
+            "MoveFlag": self.flag,
+            "MoveSeq": self.seq,
+            "MoveFrom": self.from_station,
+            "MoveTo": self.to_station,
+            "MoveEpc": self.epc,
+            "MoveTote": self.tote,
+            "MoveAck": self.ack,
+        }
+
+    def tick(self, now: float) -> None:
+        if self.frozen:
+            return
+        if self._next_beat is None or self._next_move is None:
+            self._next_beat, self._next_move = now + self.heartbeat_s, now + self.move_every_s
+        while now >= self._next_beat:
+            self._next_beat += self.heartbeat_s
+            self.heartbeat = (self.heartbeat + 1) & 0xFFFF_FFFF
+        if not self.flag and now >= self._next_move:
+            self._new_record()
+
+    def _new_record(self) -> None:
+        self.seq += 1
+        self.from_station = (self.seq - 1) % 4 + 1
+        self.to_station = self.seq % 4 + 1
+        odd = self.seq % 2 == 1
+        self.tote = f"TOTE-{self.seq:06d}" if odd else ""
+        self.epc = "" if odd else f"30340242201D8840000{self.seq:05X}"
+        self.flag = True
+
+    def written(self, name: str, value: Any, now: float) -> None:
+        self.ack = int(value)
+        if self.flag and self.ack == self.seq:
+            self.flag = False
+            self.acked.append(self.seq)
+            self._next_move = now + self.move_every_s
+
+    def extra_status(self) -> dict[str, Any]:
+        return {"acked": list(self.acked)}

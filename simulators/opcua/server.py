@@ -1,20 +1,16 @@
-"""The PackML timeline (device.py) served by asyncua's own OPC UA server.
+"""Simulated devices (device.py) served by asyncua's own OPC UA server.
 
-Nodes live in namespace `urn:fc-edge:simulator:packml` (index 2, the first one registered)
-under an object `Packer`, with string ids `Packer.<Name>` and these types:
-
-    Packer.State        Int32   PackML state code      Packer.MachineSpeed  Double  ppm
-    Packer.StopReason   Int32   stop reason code       Packer.Alarms        UInt32  bits
-    Packer.GoodCount    UInt32  good units             Packer.Heartbeat     UInt32  +1 a beat
-    Packer.RejectCount  UInt32  rejected units
-
-Written out here, not read from the driver's map code: a mistake in one cannot cancel itself
-out in the other (drivers/maps/opcua/packml.toml is checked against this in tests).
+Each device's nodes live in namespace `urn:fc-edge:simulator:{device}` (index 2, the first
+one registered) under one object, with string ids `{Object}.{Name}`; the device says their
+names and types (device.py: PackMLTimeline.NODES, RobotCell.NODES). They are written out
+there, not read from the driver's map code: a mistake in one cannot cancel itself out in the
+other (drivers/maps/opcua/*.toml are checked against them in tests).
 
 Faults (`control`): `freeze` stops the timeline and the heartbeat; `stall` keeps the values
 moving but serves them to reads only, so subscriptions hear nothing (a silently stalled
-subscription); `bad_status` gives State a bad status code (BadDeviceFailure); `abort` jams
-the machine now; `none` clears every fault.
+subscription); `bad_status` gives the first node a bad status code (BadDeviceFailure);
+`abort` jams a PackML machine now; `none` clears every fault. A client's write to a writable
+node (the robot's MoveAck) reaches the device.
 """
 
 from __future__ import annotations
@@ -26,18 +22,8 @@ from typing import Any
 
 from asyncua import Server, ua
 
-from simulators.opcua.device import PackMLTimeline
+from simulators.opcua.device import SimulatedDevice
 
-NAMESPACE = "urn:fc-edge:simulator:packml"
-NODES: dict[str, ua.VariantType] = {
-    "State": ua.VariantType.Int32,
-    "StopReason": ua.VariantType.Int32,
-    "GoodCount": ua.VariantType.UInt32,
-    "RejectCount": ua.VariantType.UInt32,
-    "MachineSpeed": ua.VariantType.Double,
-    "Alarms": ua.VariantType.UInt32,
-    "Heartbeat": ua.VariantType.UInt32,
-}
 FAULTS = ("none", "freeze", "stall", "bad_status", "abort")
 _TICK_S = 0.05
 
@@ -46,11 +32,11 @@ _TICK_S = 0.05
 logging.getLogger("asyncua.server").setLevel(logging.ERROR)
 
 
-class PackMLServer:
-    """One PackML machine on one OPC UA endpoint. `start()` returns the bound (host, port)."""
+class DeviceServer:
+    """One simulated device on one OPC UA endpoint. `start()` returns the bound (host, port)."""
 
-    def __init__(self, machine: PackMLTimeline, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.machine = machine
+    def __init__(self, device: SimulatedDevice, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.device = device
         self.host, self.port = host, port
         self.server = Server()
         self.nodes: dict[str, Any] = {}
@@ -60,18 +46,19 @@ class PackMLServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> tuple[str, int]:
+        device = self.device
         await self.server.init()
         self.server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/")
-        self.server.set_server_name("fc-edge PackML simulator")
-        idx = await self.server.register_namespace(NAMESPACE)
-        packer = await self.server.nodes.objects.add_object(
-            ua.NodeId(ua.String("Packer"), ua.Int16(idx)), "Packer"
-        )
-        for name, vtype in NODES.items():
-            initial = ua.Variant(self.machine.values()[name], vtype)
-            self.nodes[name] = await packer.add_variable(
-                ua.NodeId(ua.String(f"Packer.{name}"), ua.Int16(idx)), name, initial
-            )
+        self.server.set_server_name(f"fc-edge {device.kind} simulator")
+        idx = ua.Int16(await self.server.register_namespace(f"urn:fc-edge:simulator:{device.kind}"))
+        root = device.object_name
+        obj = await self.server.nodes.objects.add_object(ua.NodeId(ua.String(root), idx), root)
+        for name, vtype in device.NODES.items():
+            initial = ua.Variant(device.values()[name], vtype)
+            node_id = ua.NodeId(ua.String(f"{root}.{name}"), idx)
+            self.nodes[name] = node = await obj.add_variable(node_id, name, initial)
+            if name in device.WRITABLE:
+                await node.set_writable()
         await self.server.start()
         assert self.server.bserver is not None
         self.port = self.server.bserver.port  # the bound one, when asked for port 0
@@ -88,13 +75,22 @@ class PackMLServer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self.machine.tick(loop.time())
+            await self._take_writes(loop.time())
+            self.device.tick(loop.time())
             await self._publish()
             await asyncio.sleep(_TICK_S)
 
+    async def _take_writes(self, now: float) -> None:
+        """A writable node whose value is not what we served was written by a client."""
+        for name in self.device.WRITABLE:
+            value = await self.nodes[name].read_value()
+            if value != self.device.values()[name]:
+                self.device.written(name, value, now)
+
     async def _publish(self) -> None:
-        for name, value in self.machine.values().items():
-            bad = self.bad_status and name == "State"
+        first = next(iter(self.device.NODES))
+        for name, value in self.device.values().items():
+            bad = self.bad_status and name == first
             key = (value, bad, self.stall)
             if self._sent.get(name) == key:
                 continue
@@ -103,7 +99,7 @@ class PackMLServer:
 
     async def _write(self, name: str, value: Any, bad: bool) -> None:
         node = self.nodes[name]
-        dv = ua.DataValue(ua.Variant(value, NODES[name]))
+        dv = ua.DataValue(ua.Variant(value, self.device.NODES[name]))
         if bad:
             dv = ua.DataValue(StatusCode=ua.StatusCode(ua.UInt32(ua.StatusCodes.BadDeviceFailure)))
         if self.stall:
@@ -134,20 +130,21 @@ class PackMLServer:
 
     def _apply_fault(self, fault: str) -> None:
         if fault == "abort":
-            self.machine.abort()
+            self.device.abort()
             return
         if fault == "none":
-            self.machine.frozen = self.stall = self.bad_status = False
+            self.device.frozen = self.stall = self.bad_status = False
             self._sent.clear()  # write every value again: a stall's values reach subscribers
             return
-        self.machine.frozen = self.machine.frozen or fault == "freeze"
+        self.device.frozen = self.device.frozen or fault == "freeze"
         self.stall = self.stall or fault == "stall"
         self.bad_status = self.bad_status or fault == "bad_status"
 
     def status(self) -> dict[str, Any]:
         return {
-            "values": self.machine.values(),
-            "frozen": self.machine.frozen,
+            "values": self.device.values(),
+            "frozen": self.device.frozen,
+            **self.device.extra_status(),
             "stall": self.stall,
             "bad_status": self.bad_status,
         }

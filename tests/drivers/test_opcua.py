@@ -20,17 +20,21 @@ from drivers.opcua import OPCUADriver
 from drivers.opcua_map import MapError, map_from_dict
 from drivers.options import OPCUAOptions
 from gateway.config import ConfigError, DeviceSettings, from_dict
-from simulators.opcua import NODES, PackMLServer, PackMLTimeline
+from simulators.opcua import DeviceServer, PackMLTimeline, RobotCell, SimulatedDevice
 from tests.support.helpers import RecordingSink
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKML_MAP = ROOT / "drivers" / "maps" / "opcua" / "packml.toml"
+MAPS = ROOT / "drivers" / "maps" / "opcua"
+PACKML_MAP = MAPS / "packml.toml"
 
 
-def make_driver(url: str, map_path: Path = PACKML_MAP, **options: Any) -> OPCUADriver:
+def make_driver(
+    url: str, map_path: Path = PACKML_MAP, sink: RecordingSink | None = None, **options: Any
+) -> OPCUADriver:
     defaults: dict[str, Any] = {"interval_s": 0.2, "stale_after_s": 2.0}
     opts = OPCUAOptions(url=url, map=str(map_path), **{**defaults, **options})
-    return OPCUADriver(DeviceSettings("packer-1", "opcua", {}, opts, str(ROOT)), RecordingSink())
+    device = DeviceSettings("packer-1", "opcua", {}, opts, str(ROOT))
+    return OPCUADriver(device, sink or RecordingSink())
 
 
 def events(driver: OPCUADriver, kind: str) -> list[dict[str, Any]]:
@@ -48,12 +52,15 @@ async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def run_with(
-    machine: PackMLTimeline, body: Callable[[PackMLServer, OPCUADriver], Awaitable[None]], **kw: Any
+    device: SimulatedDevice,
+    body: Callable[[DeviceServer, OPCUADriver], Awaitable[None]],
+    **kw: Any,
 ) -> OPCUADriver:
-    """Serve `machine`, run a driver against it and `body`; the driver as it ended."""
+    """Serve `device`, run a driver against it (`kw`: make_driver's) and `body`; the driver
+    as it ended."""
 
     async def main() -> OPCUADriver:
-        server = PackMLServer(machine)
+        server = DeviceServer(device)
         _, port = await server.start()
         driver = make_driver(f"opc.tcp://127.0.0.1:{port}", **kw)
         task = asyncio.create_task(driver.run())
@@ -69,7 +76,7 @@ def run_with(
 
 
 def test_states_counters_and_a_jam_become_equipment_events() -> None:
-    async def body(server: PackMLServer, driver: OPCUADriver) -> None:
+    async def body(server: DeviceServer, driver: OPCUADriver) -> None:
         await until(lambda: len({e["value"] for e in events(driver, "state")}) >= 3)
         await until(lambda: bool(events(driver, "counter")))
         server.control({"fault": "abort"})
@@ -98,7 +105,7 @@ def test_states_counters_and_a_jam_become_equipment_events() -> None:
 
 
 def test_a_silently_stalled_subscription_is_counted_and_bridged_by_polling() -> None:
-    async def body(server: PackMLServer, driver: OPCUADriver) -> None:
+    async def body(server: DeviceServer, driver: OPCUADriver) -> None:
         await until(lambda: driver.notifications > 5)
         server.control({"fault": "stall"})
         stalled_at = len(events(driver, "state"))
@@ -119,7 +126,7 @@ def test_a_silently_stalled_subscription_is_counted_and_bridged_by_polling() -> 
 
 
 def test_a_frozen_heartbeat_is_stale_once_then_recovered() -> None:
-    async def body(server: PackMLServer, driver: OPCUADriver) -> None:
+    async def body(server: DeviceServer, driver: OPCUADriver) -> None:
         await until(lambda: driver.notifications > 3)
         server.control({"fault": "freeze"})
         await until(lambda: driver.health().state == "stale")
@@ -137,7 +144,7 @@ def test_a_frozen_heartbeat_is_stale_once_then_recovered() -> None:
 
 def test_a_server_restart_is_unreachable_once_then_recovered_in_a_new_session() -> None:
     async def main() -> OPCUADriver:
-        server = PackMLServer(PackMLTimeline(step_s=0.3, heartbeat_s=0.2))
+        server = DeviceServer(PackMLTimeline(step_s=0.3, heartbeat_s=0.2))
         _, port = await server.start()
         driver = make_driver(f"opc.tcp://127.0.0.1:{port}", reconnect_max_s=0.5)
         task = asyncio.create_task(driver.run())
@@ -145,7 +152,7 @@ def test_a_server_restart_is_unreachable_once_then_recovered_in_a_new_session() 
         await server.stop()
         await until(lambda: driver.health().state == "unreachable")
         await asyncio.sleep(1.5)  # several failed attempts: still one event
-        server = PackMLServer(PackMLTimeline(step_s=0.3, heartbeat_s=0.2), port=port)
+        server = DeviceServer(PackMLTimeline(step_s=0.3, heartbeat_s=0.2), port=port)
         await server.start()
         await until(lambda: bool(events(driver, "recovered")))
         seen = driver.notifications
@@ -166,7 +173,7 @@ def test_a_server_restart_is_unreachable_once_then_recovered_in_a_new_session() 
 
 
 def test_a_bad_status_is_counted_and_the_rest_goes_on() -> None:
-    async def body(server: PackMLServer, driver: OPCUADriver) -> None:
+    async def body(server: DeviceServer, driver: OPCUADriver) -> None:
         await until(lambda: driver.notifications > 3)
         server.control({"fault": "bad_status"})
         await until(lambda: driver.health().errors["bad_status"] >= 1)
@@ -243,11 +250,13 @@ def test_values_of_the_wrong_kind_are_counted_never_a_crash(tmp_path: Path) -> N
     assert status["points"]["code"] == "unknown(7)"
 
 
-def test_the_simulator_serves_every_node_the_shipped_map_names() -> None:
+@pytest.mark.parametrize("device", [PackMLTimeline, RobotCell])
+def test_the_simulator_serves_every_node_the_shipped_map_names(device: type[Any]) -> None:
     from drivers.opcua_map import load_map
 
-    packml = load_map(PACKML_MAP)
-    assert {p.node for p in packml.points.values()} == {f"ns=2;s=Packer.{n}" for n in NODES}
+    shipped = load_map(MAPS / f"{device.kind}.toml")
+    served = {f"ns=2;s={device.object_name}.{n}" for n in device.NODES}
+    assert {p.node for p in shipped.points.values()} == served
 
 
 # --- the map's and the config's errors ----------------------------------------------------------
@@ -409,3 +418,83 @@ def test_basic256sha256_sign_and_encrypt_with_a_user(
         assert driver.sessions == 0
         (down,) = events(driver, "unreachable")
         assert down["reason"] == "rejected"
+
+
+# --- the robot move handshake -------------------------------------------------------------------
+
+STATIONS = {"1": "DOCK-01", "2": "PICK-A", "3": "PICK-B", "4": "PACK"}
+CURSOR = "opcua:packer-1:ack_seq"
+
+
+def run_robot(
+    robot: RobotCell, sink: RecordingSink, body: Callable[[OPCUADriver], Awaitable[None]]
+) -> OPCUADriver:
+    async def robot_body(server: DeviceServer, driver: OPCUADriver) -> None:
+        await body(driver)
+
+    robot_map = MAPS / "robot.toml"
+    return run_with(robot, robot_body, map_path=robot_map, sink=sink, stations=dict(STATIONS))
+
+
+def key(move: Any) -> str:
+    return str(move.object_id or move.epc)
+
+
+def seq_of(move: Any) -> int:
+    """The simulated robot's seq: TOTE-{seq:06d} on odd seqs, an EPC ending in it on even."""
+    return int(move.object_id[5:]) if move.object_id else int(move.epc[-5:], 16)
+
+
+def test_robot_moves_are_acked_only_once_durable_and_booked_once() -> None:
+    robot = RobotCell(move_every_s=0.1, heartbeat_s=0.2)
+    sink = RecordingSink()
+    sink.hold_movements = True
+
+    async def body(driver: OPCUADriver) -> None:
+        await until(lambda: len(sink.pending) == 1)
+        await asyncio.sleep(1.0)  # several looks at the raised record meanwhile
+        assert robot.acked == [], "no ack before the movement is durable"
+        assert len(sink.moves) == 1, "one booking while it waits"
+        with sink.lock:
+            sink.hold_movements = False
+            sink.pending[0].set_result(None)
+        await until(lambda: len(robot.acked) >= 6)
+
+    run_robot(robot, sink, body)
+    keys = [key(m) for m in sink.moves]
+    assert len(keys) == len(set(keys)), "no move booked twice"
+    assert robot.acked == list(range(1, len(robot.acked) + 1))
+    assert sink.cursors[CURSOR] >= robot.acked[-1]
+    first = sink.moves[0]
+    assert (first.object_id, first.from_, first.to) == ("TOTE-000001", "DOCK-01", "PICK-A")
+    second = sink.moves[1]
+    assert second.epc == "30340242201D884000000002" and second.object_id is None
+    assert (second.from_, second.to, second.source) == ("PICK-A", "PICK-B", "packer-1")
+
+
+def test_records_at_or_below_the_cursor_are_acked_not_booked_again() -> None:
+    robot = RobotCell(move_every_s=0.1, heartbeat_s=0.2)
+    sink = RecordingSink(cursors={CURSOR: 3})  # a run that died before acking 1..3
+
+    async def body(driver: OPCUADriver) -> None:
+        await until(lambda: len(robot.acked) >= 6)
+
+    run_robot(robot, sink, body)
+    assert robot.acked[:6] == [1, 2, 3, 4, 5, 6]
+    assert sorted(seq_of(m) for m in sink.moves)[:3] == [4, 5, 6], "1..3: acked only"
+
+
+def test_a_record_with_an_unknown_station_is_refused_and_never_acked() -> None:
+    robot = RobotCell(move_every_s=0.1, heartbeat_s=0.2)
+    sink = RecordingSink()
+
+    async def body(driver: OPCUADriver) -> None:
+        driver.options.stations.pop("2")  # record 1 goes 1 -> 2: no location for 2
+        await until(lambda: bool(events(driver, "move_refused")))
+        await asyncio.sleep(1.0)
+
+    driver = run_robot(robot, sink, body)
+    (refused,) = events(driver, "move_refused")
+    assert refused["seq"] == 1 and "station 2" in refused["reason"]
+    assert robot.acked == [] and sink.moves == []
+    assert driver.health().errors["bad_move"] >= 1
