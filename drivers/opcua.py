@@ -198,13 +198,16 @@ class OPCUADriver(EquipmentDriver):
         self._queue.put_nowait(_LOST)
 
     async def _subscribe(self) -> None:
+        from asyncua import ua
+
         names = {node.nodeid.to_string(): name for name, node in self._nodes.items()}
         handler = _Handler(self._queue, names)
         period_ms = self.options.interval_s * 1000
         try:
             sub = await self._client.create_subscription(period_ms, handler)
             await sub.subscribe_data_change(list(self._nodes.values()))
-        except (OSError, TimeoutError, ConnectionError) as exc:
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            # ua.UaError: the server refused (e.g. BadTooManySubscriptions); retried anew
             raise DeviceDown("disconnected", f"cannot subscribe: {exc}") from None
         self._subscription = sub
 
