@@ -26,7 +26,7 @@ import pytest
 
 from simulators.llrp import ReaderSpec, SimServer
 from tests.support.broker import Broker
-from tests.support.gateway import ListenProcess, fc_edge, gateway_head
+from tests.support.gateway import ListenProcess, fc_edge, gateway_head, llrp_zone_readers
 from tests.support.helpers import free_port, wait_for
 
 EPCS_PER_READER = 400
@@ -58,19 +58,7 @@ def config(
     text = text.replace(
         "shutdown_timeout_s = 5", f"shutdown_timeout_s = 5\ndecoder_processes = {processes}"
     )
-    for name, port in ports.items():
-        text += f"""
-[[readers]]
-name = "{name}"
-driver = "llrp"
-host = "127.0.0.1"
-port = {port}
-keepalive_s = 2.0
-reconnect_max_s = 1.0
-[readers.antennas]
-1 = {{ location = "ZONE-{name.upper()}" }}
-"""
-    text += "".join(f'\n[locations.ZONE-{name.upper()}]\nbiz_step = "storing"\n' for name in ports)
+    text += llrp_zone_readers(ports)
     path = tmp_path / "gw.toml"
     path.write_text(text, encoding="utf-8")
     return path

@@ -7,7 +7,15 @@ from pathlib import Path
 
 from tools.harness import ROOT, ListenProcess, fc_edge
 
-__all__ = ["ROOT", "ListenProcess", "fc_edge", "gateway_head", "gateway_toml", "replay_reader"]
+__all__ = [
+    "ROOT",
+    "ListenProcess",
+    "fc_edge",
+    "gateway_head",
+    "gateway_toml",
+    "llrp_zone_readers",
+    "replay_reader",
+]
 
 
 def gateway_toml(
@@ -73,6 +81,25 @@ client_id = "fc-edge-{gw}"
 [metrics]
 enabled = false
 """
+
+
+def llrp_zone_readers(ports: dict[str, int]) -> str:
+    """One LLRP reader per name (on 127.0.0.1:port, a 2 s keepalive, reconnects within 1 s),
+    its antenna 1 the zone ZONE-{NAME}, and those zones' locations."""
+    text = ""
+    for name, port in ports.items():
+        text += f"""
+[[readers]]
+name = "{name}"
+driver = "llrp"
+host = "127.0.0.1"
+port = {port}
+keepalive_s = 2.0
+reconnect_max_s = 1.0
+[readers.antennas]
+1 = {{ location = "ZONE-{name.upper()}" }}
+"""
+    return text + "".join(f'\n[locations.ZONE-{n.upper()}]\nbiz_step = "storing"\n' for n in ports)
 
 
 def replay_reader(capture: Path, name: str = "dock-03", speed: float = 1.0) -> str:
