@@ -8,7 +8,6 @@ event of its own, so one device is reported alike whatever it speaks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -275,8 +274,16 @@ class MoveHandshake:
         # next session then only acks it), so it ends with the driver, not with a session.
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                # The booking's own cancel ends here; a cancel of this task (the daemon's
+                # stop) must go on, or the driver would outlive its shutdown.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except Exception as exc:  # stopping anyway: the robot's flag stays up for next time
+                log.debug("%s: move booking ended at stop: %r", self.driver.name, exc)
 
     async def seen(
         self,
