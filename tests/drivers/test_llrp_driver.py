@@ -472,3 +472,23 @@ def test_bench_over_tcp() -> None:
 
     result = bench_tcp(1.0, 100, warmup_s=0.5)
     assert result["tags"] > 0 and result["reconnects"] == 0
+
+
+def test_the_epc_cache_holds_a_readers_field_not_every_epc_it_ever_read() -> None:
+    """A dock door sees thousands of new EPCs an hour: the cache of decoded EPCs must stay
+    small (the 2-hour soak found the old bound, 100,000 entries per reader, growing a reader's
+    memory by ~3.6 MB an hour at 5 new EPCs a second), while the tags in its field stay cached."""
+    from drivers.llrp import EPC_CACHE_SIZE
+
+    drv = LLRPDriver(device(5084), RecordingSink())
+    arrival = 1_800_000_000_000_000
+    field = [f"3034257bf7194e40{k:08x}".encode() for k in range(500)]
+    most = 0
+    for batch in range(40):  # 40 x 1,000 new EPCs, each batch with the same 500 in the field
+        new = [f"3034257bf7194e41{batch * 1000 + k:08x}".encode() for k in range(1000)]
+        tags = [{"EPC-96": raw, "AntennaID": 1, "PeakRSSI": -50} for raw in [*field, *new]]
+        reads = drv.convert(tags, arrival + batch)
+        assert len(reads) == 1500
+        most = max(most, len(drv._epc_cache))
+    assert most <= EPC_CACHE_SIZE <= 8192
+    assert reads[0].epc == "3034257BF7194E4000000000"
