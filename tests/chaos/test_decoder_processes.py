@@ -28,25 +28,11 @@ from simulators.llrp import ReaderSpec, SimServer
 from tests.support.broker import Broker
 from tests.support.gateway import ListenProcess, fc_edge, gateway_head, llrp_zone_readers
 from tests.support.helpers import free_port, wait_for
+from tests.support.llrp_driving import EPCS_PER_READER, field_epc, field_reads
 
-EPCS_PER_READER = 400
-EVERY_S = 0.04  # a new EPC enters each field this often
-READS_EACH = 6
-READ_EVERY_S = 0.4
 READERS = ("r1", "r2", "r3")
 
-
-def epc(reader: int, k: int) -> str:
-    return f"3034257BF7194E41{reader:02X}{k:06X}"
-
-
-def field_reads(reader: int) -> list[tuple[float, int, str, int]]:
-    """(t, antenna, epc, rssi): each EPC read 6 times over 2 s, entering every 40 ms."""
-    reads = []
-    for k in range(EPCS_PER_READER):
-        start = 1.0 + k * EVERY_S
-        reads += [(start + n * READ_EVERY_S, 1, epc(reader, k), -50) for n in range(READS_EACH)]
-    return sorted(reads)
+FAMILY = 1  # this test's EPCs (tests.support.llrp_driving.field_epc)
 
 
 def config(
@@ -164,10 +150,10 @@ def test_a_decoder_process_killed_mid_stream_loses_and_repeats_no_epc(
     tmp_path: Path, broker: Broker
 ) -> None:
     specs = [
-        ReaderSpec(name, reads=field_reads(n), buffer_reads=66_000)
+        ReaderSpec(name, reads=field_reads(n, FAMILY), buffer_reads=66_000)
         for n, name in enumerate(READERS)
     ]
-    want = {epc(n, k) for n in range(len(READERS)) for k in range(EPCS_PER_READER)}
+    want = {field_epc(n, k, FAMILY) for n in range(len(READERS)) for k in range(EPCS_PER_READER)}
     with running(tmp_path, broker, specs, processes=2) as (sim, gw, port, listen):
         wait_for(lambda: all(sim.reader(r).status()["connected"] for r in READERS), timeout=60)
         assert len(decoder_pids(gw.pid)) == 2
@@ -202,7 +188,7 @@ def test_a_decoder_process_killed_mid_stream_loses_and_repeats_no_epc(
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_kill_9_of_the_gateway_leaves_no_decoder_process(tmp_path: Path, broker: Broker) -> None:
-    specs = [ReaderSpec(name, reads=field_reads(n)) for n, name in enumerate(READERS)]
+    specs = [ReaderSpec(name, reads=field_reads(n, FAMILY)) for n, name in enumerate(READERS)]
     with running(tmp_path, broker, specs, processes=2) as (sim, gw, _port, _listen):
         wait_for(lambda: all(sim.reader(r).status()["connected"] for r in READERS), timeout=60)
         children = decoder_pids(gw.pid)
@@ -223,7 +209,7 @@ def data_fd(pid: int) -> int:
 def test_a_malformed_batch_or_a_hang_restarts_the_decoder_process_and_sighup_reaches_it(
     tmp_path: Path, broker: Broker
 ) -> None:
-    specs = [ReaderSpec("r1", reads=field_reads(0))]
+    specs = [ReaderSpec("r1", reads=field_reads(0, FAMILY))]
     with running(tmp_path, broker, specs, processes=1) as (sim, gw, port, _listen):
         wait_for(lambda: sim.reader("r1").status()["connected"], timeout=60)
         gw.send_signal(signal.SIGHUP)

@@ -24,24 +24,7 @@ from simulators.llrp import ReaderSpec, SimServer
 from tests.support.broker import Broker
 from tests.support.gateway import ListenProcess, fc_edge, gateway_head, llrp_zone_readers
 from tests.support.helpers import free_port, wait_for
-
-EPCS_PER_READER = 400
-EVERY_S = 0.04  # a new EPC enters each field this often
-READS_EACH = 6
-READ_EVERY_S = 0.4
-
-
-def epc(reader: int, k: int) -> str:
-    return f"3034257BF7194E40{reader:02X}{k:06X}"
-
-
-def field_reads(reader: int) -> list[tuple[float, int, str, int]]:
-    """(t, antenna, epc, rssi): each EPC read 6 times over 2 s, entering every 40 ms."""
-    reads = []
-    for k in range(EPCS_PER_READER):
-        start = 1.0 + k * EVERY_S
-        reads += [(start + n * READ_EVERY_S, 1, epc(reader, k), -50) for n in range(READS_EACH)]
-    return sorted(reads)
+from tests.support.llrp_driving import EPCS_PER_READER, field_epc, field_reads
 
 
 def counters_of(port: int) -> list[str]:
@@ -97,7 +80,7 @@ def test_every_epc_of_a_backlog_arrives_exactly_once(tmp_path: Path, broker: Bro
             wait_for(lambda: sim.elapsed() > t0 + 7.0, timeout=30)
             r1.set_fault("refuse", 2.0)
             r1.set_fault("drop")  # and once more
-            want = {epc(n, k) for n in (0, 1) for k in range(EPCS_PER_READER)}
+            want = {field_epc(n, k) for n in (0, 1) for k in range(EPCS_PER_READER)}
 
             def arrived() -> Counter[str]:
                 return Counter(m["epc"] for m in listen.lines() if m.get("type") == "arrived")
@@ -128,5 +111,5 @@ def test_every_epc_of_a_backlog_arrives_exactly_once(tmp_path: Path, broker: Bro
     assert set(counts.values()) == {1}, [e for e, n in counts.items() if n > 1][:10]
     to = {m["epc"]: m["to"] for m in listen.lines() if m.get("type") == "arrived"}
     for k in range(EPCS_PER_READER):
-        assert (to[epc(0, k)], to[epc(1, k)]) == ("ZONE-R1", "ZONE-R2"), k
+        assert (to[field_epc(0, k)], to[field_epc(1, k)]) == ("ZONE-R1", "ZONE-R2"), k
     assert not [m for m in listen.lines() if m.get("type") == "moved"]

@@ -24,6 +24,29 @@ _serials = itertools.count(1)
 FAST = {"keepalive_s": 0.3, "handshake_timeout_s": 1.5, "reconnect_max_s": 2.0}
 
 
+# A stream of EPCs through each reader's field (the backlog and decoder-process tests): a new
+# EPC enters every EVERY_S and is read READS_EACH times, READ_EVERY_S apart.
+EPCS_PER_READER = 400
+EVERY_S = 0.04
+READS_EACH = 6
+READ_EVERY_S = 0.4
+
+
+def field_epc(reader: int, k: int, family: int = 0) -> str:
+    """The k-th EPC through reader `reader`'s field (`family` keeps two tests' EPCs apart)."""
+    return f"3034257BF7194E4{family:X}{reader:02X}{k:06X}"
+
+
+def field_reads(reader: int, family: int = 0) -> list[tuple[float, int, str, int]]:
+    """(t, antenna, epc, rssi): each EPC read 6 times over 2 s, entering every 40 ms."""
+    reads = []
+    for k in range(EPCS_PER_READER):
+        start = 1.0 + k * EVERY_S
+        epc = field_epc(reader, k, family)
+        reads += [(start + n * READ_EVERY_S, 1, epc, -50) for n in range(READS_EACH)]
+    return sorted(reads)
+
+
 def unique_epc() -> str:
     return f"30340000000000{next(_serials):010X}"
 
