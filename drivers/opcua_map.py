@@ -47,8 +47,8 @@ from drivers.modbus_map import (
     DecodeError,
     DeviceInfo,
     Handshake,
-    Heartbeat,
     MapError,
+    RawMap,
     Role,
     build_points,
     effective_role,
@@ -87,14 +87,6 @@ class NodePoint:
 
 
 @dataclass(frozen=True, slots=True)
-class _RawMap:
-    points: dict[str, Any]
-    device: DeviceInfo = field(default_factory=DeviceInfo)
-    heartbeat: Heartbeat | None = None
-    handshake: Handshake | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class NodeMap:
     path: str
     device: DeviceInfo
@@ -115,7 +107,7 @@ def load_map(path: str | Path) -> NodeMap:
 
 def map_from_dict(raw: dict[str, Any], label: str = "map", path: str = "") -> NodeMap:
     errors = Errors()
-    top = build(_RawMap, raw, "", errors)
+    top = build(RawMap, raw, "", errors)  # a map file's tables, as a Modbus map's
     points: dict[str, NodePoint] = {}
     if top is not None:
         points = build_points(top.points, NodePoint, check_point, errors)
