@@ -106,11 +106,16 @@ def last_appended(state_dir: Path) -> dict[str, int]:
         db.close()
 
 
-def rss_kb(pid: int) -> int:
+def proc_status(pid: int, key: str) -> int:
+    """A number from /proc/PID/status (e.g. VmRSS in kB, Threads); 0 when absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1])
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    return proc_status(pid, "VmRSS")
 
 
 def open_fds(pid: int) -> int:

@@ -78,6 +78,7 @@ from tools.simsite import (  # noqa: E402
     metric,
     open_fds,
     outbox_depth,
+    proc_status,
     rss_kb,
     scrape,
     wait_connected,
@@ -254,7 +255,7 @@ class Soak:
                 t_s=round(time.monotonic() - started, 1),
                 rss_mb=round(rss_kb(pid) / 1024, 1),
                 fds=open_fds(pid),
-                threads=threads(pid),
+                threads=proc_status(pid, "Threads"),
                 tracked=int(metric(s, "fc_edge_engine_tracked_tags")),
                 depth=int(metric(s, "fc_edge_outbox_messages")),
                 reads=metric(s, "fc_edge_reads_total"),
@@ -384,13 +385,6 @@ def rss_slope_mb_per_h(samples: list[Sample]) -> float:
     """The least-squares slope of RSS over time, in MB per hour."""
     fit = statistics.linear_regression([s.t_s for s in samples], [s.rss_mb for s in samples])
     return fit.slope * 3600
-
-
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
