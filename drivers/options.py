@@ -251,6 +251,54 @@ def check_opcua(device: Device) -> list[str]:
     return []
 
 
+# --- vda5050 ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VDA5050Options:
+    """Keys of an `[[equipment]]` entry with `driver = "vda5050"`: one vehicle, observed on a
+    fleet broker (its `state` and `connection` topics; nothing is ever published there)."""
+
+    broker: str  # the fleet broker: mqtt://HOST[:PORT] (not the gateway's [mqtt] broker)
+    manufacturer: str
+    serial_number: str
+    location: str = field(metadata={"location_ref": True})  # where a load is while on board
+    # VDA 5050 nodeId -> location, for the node a pick or drop happened at.
+    nodes: dict[str, str] = field(default_factory=dict, metadata={"location_ref": True})
+    interface_name: str = "uagv"
+    major_version: str = "v2"
+    client_id: str | None = None  # the persistent session's id; default fc-edge-vda5050-{name}
+    username: str | None = None
+    password_file: str | None = None  # a secret (see secret_path)
+    session_expiry_s: float = duration(7 * 24 * 3600.0)  # the broker keeps our queue this long
+    stale_after_s: float = duration(60.0)  # no state this long -> stale (vehicles send <= 30 s)
+    status_interval_s: float = duration(60.0)  # a full status event this often
+    timeout_s: float = duration(5.0)  # connecting and subscribing
+    reconnect_max_s: float = duration(30.0)  # the longest wait between connection attempts
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"mqtt://[^/:\s]+(:\d{1,5})?/?", self.broker):
+            raise ValueError(f"broker: expected mqtt://HOST[:PORT], got {self.broker!r}")
+        for key in ("manufacturer", "serial_number", "interface_name", "major_version"):
+            if not re.fullmatch(r"[^/+#\s]+", getattr(self, key)):
+                raise ValueError(f"{key}: must be a non-empty MQTT topic level (no / + # space)")
+        if self.username is not None and self.password_file is None:
+            raise ValueError("password_file: required with username (secrets come from files)")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("username: required with password_file")
+
+
+def check_vda5050(device: Device) -> list[str]:
+    """A password file must be readable before anything is opened."""
+    o = device.options
+    if o.password_file is None:
+        return []
+    path = secret_path(device, o.password_file)
+    if not os.access(path, os.R_OK) or not path.is_file():
+        return [f"password_file: {path}: no such readable file"]
+    return []
+
+
 # --- the registry ------------------------------------------------------------------------------
 
 
@@ -307,6 +355,13 @@ DRIVERS: dict[str, DriverSpec] = {
         "drivers.opcua:OPCUADriver",
         check=check_opcua,
         requires=("asyncua",),
+    ),
+    "vda5050": DriverSpec(
+        "equipment",
+        VDA5050Options,
+        "drivers.vda5050:VDA5050Driver",
+        check=check_vda5050,
+        requires=("paho", "jsonschema"),
     ),
 }
 

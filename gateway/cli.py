@@ -28,6 +28,7 @@ SIMULATORS = {
     "tsl": "simulators.tsl.cli:main",
     "modbus": "simulators.modbus.cli:main",
     "opcua": "simulators.opcua.cli:main",
+    "vda5050": "simulators.vda5050.cli:main",
 }
 BENCHES = {
     "outbox": "gateway.bench:outbox_main",
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in DELEGATED:
         sub.add_parser(name, add_help=False, help=f"see fc-edge {name} --help")
     sim = sub.add_parser(
-        "simulate", add_help=False, help="simulate a device: llrp | tsl | modbus | opcua"
+        "simulate", add_help=False, help="simulate a device: llrp | tsl | modbus | opcua | vda5050"
     )
     sim.add_argument("kind", choices=sorted(SIMULATORS))
     bench = sub.add_parser("bench", add_help=False, help="benchmarks: " + " | ".join(BENCHES))

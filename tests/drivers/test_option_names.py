@@ -111,6 +111,8 @@ UNIT_FREE |= {"returns_location", "count_part_size", "baudrate", "parity", "devi
 UNIT_FREE |= {"max_gap", "stations"}
 UNIT_FREE |= {"url", "security", "certificate_file", "private_key_file"}  # opcua
 UNIT_FREE |= {"server_certificate_file", "username", "password_file"}
+UNIT_FREE |= {"broker", "manufacturer", "serial_number", "location", "nodes"}  # vda5050
+UNIT_FREE |= {"interface_name", "major_version", "client_id"}
 
 
 def test_every_option_is_snake_case_and_every_time_is_in_seconds() -> None:
