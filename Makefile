@@ -6,8 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 # Debian packages the tests and the demo run for real: the broker, socat (Modbus RTU over a
 # pty pair), openssl (test certificates), systemd-analyze (unit checks) and strace (the
-# sandbox test); as binary:package pairs.
-APT_TOOLS := mosquitto:mosquitto socat:socat openssl:openssl systemd-analyze:systemd strace:strace
+# sandbox test), chromium (the local web page's browser test, headless); as binary:package pairs.
+APT_TOOLS := mosquitto:mosquitto socat:socat openssl:openssl systemd-analyze:systemd strace:strace chromium:chromium
 
 .PHONY: test test-slow demo lint typecheck bench soak fuzz clean system-deps
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from drivers.base import DeviceEvent, DriverHealth
+from gateway.commissioning import CommissioningTap
 from gateway.config import Settings
 from gateway.engine import Engine, EngineConfig, Step
 from gateway.epcis import epcis_outgoing
@@ -257,6 +258,8 @@ class Ingest:
         self.metrics = metrics
         self.outlets = outlets or Outlets()
         self.workflows = make_workflows(settings, engine)
+        # What the local page's commissioning view shows: off (nearly free) unless it is open.
+        self.tap = CommissioningTap()
         self.wake = asyncio.Event()
         self.last_progress = time.monotonic()  # the watchdog's proof of life
         self._checkpoints: list[tuple[int, Mapping[str, int]]] = []  # (newest read µs, cursors)
@@ -350,6 +353,7 @@ class Ingest:
             self._add_workflow(batch, reader, workflow.on_reads(reads, now_us()))
         else:
             self._add_step(batch, self.engine.feed(reads, reader, now_us()))
+            self.tap.observe(reads, self.engine)
         if cursors:
             # A source position is durable only once every read before it has had its full
             # effect: see _release_checkpoints.
@@ -469,6 +473,7 @@ class Ingest:
                 future.set_result(None)
         self.metrics.outbox_commits.inc()
         self.metrics.outbox_appends.inc(len(batch.messages))
+        self.tap.committed(batch.messages)
         self.outlets.on_commit(batch.event_times)
 
     # --- upkeep -------------------------------------------------------------------------------

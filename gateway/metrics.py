@@ -7,10 +7,11 @@ depth) are read at scrape time by a custom collector instead of being mirrored o
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 PREFIX = "fc_edge"
+log = logging.getLogger("fc_edge.http")
 
 
 class Metrics:
@@ -119,8 +121,27 @@ def counter(name: str, doc: str, values: dict[tuple[str, ...], float], labels: l
     return c
 
 
+class WebResponse(NamedTuple):
+    """What a web route answers (gateway/webview.py: the local page and its JSON)."""
+
+    code: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+# (path, query string) -> the response, or None when the path is not the route's.
+WebRoute = Callable[[str, str], WebResponse | None]
+
+
+def _no_web(path: str, query: str) -> WebResponse | None:
+    """No page served: every other path is a 404."""
+    return None
+
+
 class HealthServer:
-    """GET /metrics, /healthz, /readyz on one port (loopback by default), in its own thread."""
+    """GET /metrics, /healthz, /readyz on one port (loopback by default), in its own thread;
+    any other GET path goes to `web` (the read-only page). Only GET: other methods get 405."""
 
     def __init__(
         self,
@@ -128,12 +149,13 @@ class HealthServer:
         metrics: Metrics,
         health: Callable[[], dict[str, Any]],
         ready: Callable[[], tuple[bool, dict[str, Any]]],
+        web: WebRoute = _no_web,
     ) -> None:
         self.metrics = metrics
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 if path == "/metrics":
                     self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
@@ -141,20 +163,44 @@ class HealthServer:
                 elif path == "/readyz":
                     ok, body = ready()
                     self._json(200 if ok else 503, body)
+                elif (page := web(path, query)) is not None:
+                    self._send(page.code, page.body, page.content_type, page.headers)
                 else:
                     self._json(
                         404, {"error": "not found", "paths": ["/metrics", "/healthz", "/readyz"]}
                     )
 
+            def _read_only(self) -> None:
+                """Nothing here changes the gateway: every method but GET is refused."""
+                metrics.rejected.labels("http", "method_not_allowed").inc()
+                log.warning("refused %s %s: the listener is read-only", self.command, self.path)
+                self._send(
+                    405,
+                    json.dumps({"error": "method not allowed", "allow": "GET"}).encode(),
+                    "application/json",
+                    (("Allow", "GET"),),
+                )
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _read_only
+
             def _json(self, code: int, body: dict[str, Any]) -> None:
                 self._send(code, json.dumps(body).encode(), "application/json")
 
-            def _send(self, code: int, data: bytes, content_type: str) -> None:
+            def _send(
+                self,
+                code: int,
+                data: bytes,
+                content_type: str,
+                headers: tuple[tuple[str, str], ...] = (),
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # scrapes every 15 s would flood the log
