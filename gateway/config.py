@@ -168,6 +168,25 @@ class EpcisSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SparkplugSettings:
+    """[sparkplug]: the gateway as a Sparkplug B edge node, its devices as Sparkplug devices
+    (gateway/sparkplug.py). Status and metrics only: movements stay on their own topics."""
+
+    enabled: bool = False
+    group_id: str | None = field(default=None, metadata={PARSE: check_topic_name})  # site
+    edge_node_id: str | None = field(default=None, metadata={PARSE: check_topic_name})  # gw id
+    # Births wait for this host application's STATE online (spBv1.0/STATE/{id}).
+    primary_host_id: str | None = field(default=None, metadata={PARSE: check_topic_name})
+    url: str | None = None  # the broker: [mqtt] url by default; credentials and TLS are [mqtt]'s
+    client_id: str | None = None  # its own MQTT session: fc-edge-{site}-{edge_node_id}-spb
+    interval_s: float = duration(1.0)  # DDATA: changed device metrics at most this often
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            MqttSettings(url=self.url)  # the same URL check as [mqtt] url ("url: ...")
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceSettings:
     """A [[readers]] or [[equipment]] entry: common keys here, driver keys in `options`."""
 
@@ -196,6 +215,7 @@ class Settings:
     portals: Mapping[str, PortalSettings]
     readers: tuple[DeviceSettings, ...]
     equipment: tuple[DeviceSettings, ...]
+    sparkplug: SparkplugSettings = SparkplugSettings()
 
     @property
     def devices(self) -> tuple[DeviceSettings, ...]:
@@ -215,6 +235,7 @@ _TOP_LEVEL = {
     "metrics": MetricsSettings,
     "engine": EngineSettings,
     "epcis": EpcisSettings,
+    "sparkplug": SparkplugSettings,
 }
 _TABLES_OF = {"locations": LocationSettings, "profiles": ProfileSettings, "portals": PortalSettings}
 _DEVICE_LISTS = ("readers", "equipment")
@@ -578,6 +599,11 @@ def summary(s: Settings) -> str:
     for device in s.devices:
         ants = f"  antennas {len(device.antennas)}" if device.antennas else ""
         lines.append(f"  device    {device.name} ({device.driver}){ants}")
+    if s.sparkplug.enabled:
+        sp = s.sparkplug
+        group, node = sp.group_id or s.gateway.site, sp.edge_node_id or s.gateway.id
+        host = f"  primary host {sp.primary_host_id}" if sp.primary_host_id else ""
+        lines.append(f"  sparkplug spBv1.0/{group}/+/{node}  {sp.url or s.mqtt.url}{host}")
     if s.metrics.enabled:
         lines.append(f"  metrics   http://{s.metrics.listen[0]}:{s.metrics.listen[1]}/metrics")
     return "\n".join(lines)

@@ -28,9 +28,9 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from drivers.base import Driver, driver_class
+from drivers.base import Driver, Sink, driver_class
 from gateway import config as config_mod
 from gateway import sdnotify
 from gateway.config import Settings
@@ -44,12 +44,15 @@ from gateway.model import iso_ms
 from gateway.outbox import OutboxError
 from gateway.outbox_thread import OutboxThread
 
+if TYPE_CHECKING:
+    from gateway.sparkplug import SparkplugNode
+
 log = logging.getLogger("fc_edge.daemon")
 
 DRIVER_RESTART_DELAY_S = 5.0
 # Sections a SIGHUP applies; a change anywhere else is reported as needing a restart.
 RELOADED = ("locations", "portals", "profiles", "engine", "epcis")
-NEEDS_RESTART = ("gateway", "mqtt", "metrics", "outbox", "readers", "equipment")
+NEEDS_RESTART = ("gateway", "mqtt", "metrics", "outbox", "readers", "equipment", "sparkplug")
 
 
 class Supervised(Protocol):
@@ -74,6 +77,7 @@ class Gateway:
         self.delivery: Delivery | None = None
         self.http: HealthServer | None = None
         self.decoders: DecoderPool | None = None  # LLRP readers decoded in child processes
+        self.sparkplug: SparkplugNode | None = None  # [sparkplug] enabled: the edge node
         self.fatal: BaseException | None = None
 
     # --- start-up -----------------------------------------------------------------------------
@@ -137,7 +141,17 @@ class Gateway:
             "started": iso_ms(self.health.started_us),
         }
 
-    def _make_drivers(self, sink: GatewaySink) -> list[Driver]:
+    def _sparkplug_sink(self, sink: GatewaySink) -> Sink:
+        """With [sparkplug] enabled, the edge node watches what the drivers hand over."""
+        if not self.settings.sparkplug.enabled:
+            return sink
+        from gateway.sparkplug import SparkplugNode  # protobuf only where Sparkplug is on
+
+        self.sparkplug = SparkplugNode(self.settings, self.devices, self.metrics)
+        self.metrics.add_collector(self.sparkplug.collect)
+        return self.sparkplug.tap_sink(sink)
+
+    def _make_drivers(self, sink: Sink) -> list[Driver]:
         """The drivers run here; the LLRP readers' go to decoder processes if so configured."""
         pooled = pooled_readers(self.settings)
         if pooled:
@@ -161,7 +175,9 @@ class Gateway:
         await self.open()
         ingest, delivery = self.ingest, self.delivery
         assert ingest is not None and delivery is not None
-        drivers = self._make_drivers(ingest.sink)
+        drivers = self._make_drivers(self._sparkplug_sink(ingest.sink))
+        if self.sparkplug is not None:
+            self.sparkplug.start()  # after the drivers: its births name every device
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
         try:
             async with asyncio.TaskGroup() as group:
@@ -195,6 +211,8 @@ class Gateway:
             "status": self._status_loop(ingest),
             "prune": ingest.prune_loop(),
         }
+        if self.sparkplug is not None:
+            loops["sparkplug"] = self.sparkplug.run()
         tasks = {
             name: group.create_task(self._fatal_on_error(c), name=name) for name, c in loops.items()
         }
@@ -252,6 +270,8 @@ class Gateway:
         await _cancel(list(loops.values()))
 
     async def _close(self) -> None:
+        if self.sparkplug is not None:
+            await self.sparkplug.stop()  # its NDEATH, before the status goes offline
         if self.delivery is not None:
             await self.delivery.stop()
         if self.http is not None:
