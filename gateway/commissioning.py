@@ -130,8 +130,11 @@ class CommissioningTap:
                 (key, w.info, list(w.kept), list(w.per_second)) for key, w in self._windows.items()
             ]
             collecting = 0.0 if self._since is None else min(window_s, now - self._since)
+        rate_span_s = max(1.0, collecting)  # a tap on for 3 s of a 10 s window: per 3 s
         views = {
-            key: antenna_view(info, [r for r in kept if r[0] >= since], per_second, now, window_s)
+            key: antenna_view(
+                info, [r for r in kept if r[0] >= since], per_second, now, window_s, rate_span_s
+            )
             for key, info, kept, per_second in copies
         }
         return collecting, views
@@ -305,8 +308,10 @@ def antenna_view(
     per_second: list[list[int]],
     now: float,
     window_s: float,
+    rate_span_s: float | None = None,
 ) -> dict[str, Any]:
-    """One antenna over the window: read rate, classes, RSSI distribution, the tags it read."""
+    """One antenna over the window: read rate (over rate_span_s, the part of the window the
+    tap was on; default all of it), classes, RSSI distribution, the tags it read."""
     first_second = int(now - window_s) + 1  # whole seconds inside the window
     reads = sum(n for second, n in per_second if second >= first_second)
     classes = Counter(CLASSES[cls] for _, _, _, cls in kept)
@@ -318,7 +323,7 @@ def antenna_view(
         "read_point": info.read_point,
         "floor_dbm": info.floor_dbm,
         "reads": reads,
-        "reads_per_s": round(reads / window_s, 1),
+        "reads_per_s": round(reads / (rate_span_s or window_s), 1),
         "classified": len(kept),
         "classes": {name: classes.get(name, 0) for name in CLASSES},
         "tags": len({epc for _, epc, _, _ in kept}),

@@ -43,6 +43,7 @@ from gateway.metrics import HealthServer, Metrics
 from gateway.model import iso_ms
 from gateway.outbox import OutboxError
 from gateway.outbox_thread import OutboxThread
+from gateway.webview import WebView
 
 if TYPE_CHECKING:
     from gateway.sparkplug import SparkplugNode
@@ -114,8 +115,9 @@ class Gateway:
         self.metrics.add_collector(self.ingest.collect)
         self.metrics.add_collector(self.health.collect)
         if s.metrics.enabled:
+            page = WebView(s, self.health, self.metrics, self.ingest.tap)
             self.http = HealthServer(
-                s.metrics.listen, self.metrics, self.health.healthz, self.health.ready
+                s.metrics.listen, self.metrics, self.health.healthz, self.health.ready, page.route
             )
             self.http.start()
         delivery.start()

@@ -155,6 +155,7 @@ def test_the_tap_does_nothing_unless_watched_and_forgets_once_nobody_looks(
     clock.now += 2.0
     collecting, views = tap.snapshot(60)
     assert collecting == 2.0 and views[("r0", 1)]["reads"] == 1
+    assert views[("r0", 1)]["reads_per_s"] == 0.5  # over the 2 s it was on, not all 60
     assert views[("r0", 1)]["classes"]["counted"] == 1
     clock.now += commissioning.WATCH_S  # nobody asked for a minute
     assert not tap.watching
