@@ -81,6 +81,9 @@ class VDA5050Driver(EquipmentDriver):
         self._rejected: Counter[str] = Counter()  # for logging the 1st, 101st, ... only
         self._answered = False  # the vehicle said something valid since the driver started
         self._state_seen = False  # a state applied: the status has points to show
+        # Whether this session saw every state since the last one handled: false on a new
+        # session (the broker kept nothing for us), until its first state.
+        self._continuous = False
         self._client: Any = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         validator("state"), validator("connection")  # compiled now: a bad schema fails start-up
@@ -123,7 +126,7 @@ class VDA5050Driver(EquipmentDriver):
                 future.set_result(value)
 
         def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
-            loop.call_soon_threadsafe(settle, connected, reason)
+            loop.call_soon_threadsafe(settle, connected, (reason, flags.session_present))
 
         def on_subscribe(c: Any, u: Any, mid: int, reasons: Any, props: Any) -> None:
             loop.call_soon_threadsafe(settle, subscribed, reasons)
@@ -150,13 +153,14 @@ class VDA5050Driver(EquipmentDriver):
                 )
             client.loop_start()
             async with asyncio.timeout(timeout):
-                reason = await connected
+                reason, session_present = await connected
         except (OSError, TimeoutError) as exc:
             raise DeviceDown(
                 "refused", f"cannot connect to {self.options.broker}: {exc!r}"
             ) from None
         if reason.is_failure:
             raise DeviceDown("rejected", f"{self.options.broker} refused us: {reason}")
+        self._continuous = bool(session_present)
         topics = [(f"{self.topic_base}/{kind}", 1) for kind in ("state", "connection")]
         client.subscribe(topics)
         try:
@@ -233,7 +237,17 @@ class VDA5050Driver(EquipmentDriver):
             last = self.state_order.last
             self._reject("state", "out_of_order", f"headerId {message['headerId']} after {last}")
         # Its load actions still count (a stale message cannot book one twice: the cursor).
-        for action in self._load_actions(message):
+        actions = self._load_actions(message)
+        if not self._continuous:
+            # The first state of a new session: what it shows finished, finished while nobody
+            # listened, and the vehicle may have left the node since: where is unknown.
+            self._continuous = True
+            for action in actions:
+                self._refuse(
+                    action, "finished before the gateway observed the vehicle", "unseen_load_action"
+                )
+            return
+        for action in actions:
             await self._book(action, message["headerId"])
 
     def _apply_state(self, m: dict[str, Any]) -> None:
@@ -276,7 +290,7 @@ class VDA5050Driver(EquipmentDriver):
 
     async def _book(self, action: LoadAction, header_id: int) -> None:
         if isinstance(action.movement, str):
-            self._refuse(action, action.movement)
+            self._refuse(action, action.movement, "bad_load_action")
             return
         cursors = self.booked.cursors_for(action.key, self.header_key, header_id)
         future = self.sink.movement(action.movement, cursors)
@@ -292,12 +306,12 @@ class VDA5050Driver(EquipmentDriver):
         what = move.object_id or move.epc
         log.info("%s: %s of %s: %s -> %s", self.name, action.action_type, what, move.from_, move.to)
 
-    def _refuse(self, action: LoadAction, reason: str) -> None:
+    def _refuse(self, action: LoadAction, reason: str, kind: str) -> None:
         """Counted and logged once per action, never booked half-right (docs/equipment.md)."""
         if len(self._refused) >= 4096:
             self._refused.clear()  # bounded; an action refused again is counted again
         self._refused.add(action.key)
-        self.count_error("bad_load_action")
+        self.count_error(kind)
         log.error(
             "%s: %s %r not booked: %s", self.name, action.action_type, action.action_id, reason
         )

@@ -127,6 +127,7 @@ async def stop(*tasks: asyncio.Task[None]) -> None:
 def with_fleet(broker: Broker, n: int, body: Callable[[Fleet], Awaitable[None]]) -> None:
     async def main() -> None:
         fleet = make_fleet(broker, n)
+        fleet.hold = True  # no pick or drop before the body's drivers listen (released there)
         fleet.start()
         runner = asyncio.create_task(fleet.run())
         try:
@@ -145,6 +146,7 @@ def test_state_and_pick_drop_become_events_and_one_move_each(broker: Broker) -> 
     async def body(fleet: Fleet) -> None:
         driver = make_driver(broker, "amr-1", sink)
         task = await running(driver)
+        fleet.hold = False
         vehicle = fleet.vehicles[0].vehicle
         await until(lambda: vehicle.orders_started >= 5)  # order 4 meets an obstacle
         fleet.hold = True  # the last state is repeated: its finished actions again and again
@@ -181,6 +183,7 @@ def test_bad_and_out_of_order_messages_are_counted_per_vehicle_and_kind(broker: 
     async def body(fleet: Fleet) -> None:
         drivers = {s: make_driver(broker, s, sink) for s, sink in sinks.items()}
         tasks = [await running(d) for d in drivers.values()]
+        fleet.hold = False
         one = drivers["amr-1"]
         fleet.control({"fault": "missing_fields", "vehicle": "amr-1"})
         fleet.control({"fault": "out_of_order", "vehicle": "amr-1"})
@@ -212,6 +215,7 @@ def test_the_will_is_unreachable_and_online_recovers(broker: Broker) -> None:
     async def body(fleet: Fleet) -> None:
         driver = make_driver(broker, "amr-1", sink)
         task = await running(driver)
+        fleet.hold = False
         await until(lambda: driver.health().state == "up")
         fleet.control({"fault": "connection_lost", "down_s": 1.0})
         await until(lambda: bool(events(sink, "unreachable")))
@@ -236,6 +240,7 @@ def test_a_restart_books_what_came_while_down_and_nothing_twice(broker: Broker) 
         vehicle = fleet.vehicles[0].vehicle
         driver = make_driver(broker, "amr-1", first)
         task = await running(driver)
+        fleet.hold = False
         await until(lambda: len(moves(first)) >= 3)
         await stop(task)  # the session stays on the broker, which queues what comes meanwhile
         done_while_down = len(vehicle.finished)
@@ -276,10 +281,7 @@ def test_header_ids_start_again_after_the_vehicle_reconnects(broker: Broker) -> 
     vehicle = Vehicle("amr-9", "fcsim", 9)
     vehicle.advance()
 
-    async def body() -> None:
-        driver = make_driver(broker, "amr-9", sink)
-        task = asyncio.create_task(driver.run())
-        await until(lambda: driver.sessions == 1)  # subscribed: what follows reaches it
+    async def body(driver: VDA5050Driver) -> None:
         topic = f"{TOPIC}/amr-9"
         for header_id in (10, 11):
             spy.publish(f"{topic}/state", state_message(vehicle, header_id))
@@ -287,32 +289,56 @@ def test_header_ids_start_again_after_the_vehicle_reconnects(broker: Broker) -> 
         spy.publish(f"{topic}/connection", vehicle.connection("ONLINE"))  # a reboot
         spy.publish(f"{topic}/state", state_message(vehicle, 1, driving=False))
         await until(lambda: driver.messages >= 5)
-        await stop(task)
 
-    asyncio.run(body())
+    run_hand_driven(broker, "amr-9", sink, body)
     spy.close()
     assert dict(sink.states[-1][1].errors) == {"state_out_of_order": 1}
     driving = [e["value"] for e in events(sink, "state") if e["point"] == "driving"]
     assert driving == [False], "headerId 1 after the reconnect was applied"
 
 
+def publish_steps(spy: Spy, vehicle: Vehicle, steps: int, header_id: int) -> int:
+    """Advance the vehicle `steps` steps, publishing each state; the next headerId."""
+    for _ in range(steps):
+        vehicle.advance()
+        spy.publish(f"{TOPIC}/{vehicle.serial}/state", state_message(vehicle, header_id))
+        header_id += 1
+    return header_id
+
+
+def run_hand_driven(
+    broker: Broker,
+    serial: str,
+    sink: RecordingSink,
+    body: Callable[[VDA5050Driver], Awaitable[None]],
+    **kw: Any,
+) -> None:
+    """A driver subscribed to `serial`'s topics while `body` publishes to them by hand."""
+
+    async def main() -> None:
+        driver = make_driver(broker, serial, sink, **kw)
+        task = asyncio.create_task(driver.run())
+        await until(lambda: driver.sessions == 1)  # subscribed: what follows reaches it
+        await body(driver)
+        await stop(task)
+
+    asyncio.run(main())
+
+
 def test_a_load_action_that_cannot_be_booked_is_refused_once(broker: Broker) -> None:
     sink = RecordingSink()
     spy = Spy(broker)
     vehicle = Vehicle("amr-8", "fcsim", 8)
-    for _ in range(3):
-        vehicle.advance()  # picked at a rack
 
-    async def body() -> None:
-        driver = make_driver(broker, "amr-8", sink, nodes={"pack-01": "PACK-01"})
-        task = asyncio.create_task(driver.run())
-        await until(lambda: driver.sessions == 1)  # subscribed: what follows reaches it
-        for header_id in range(1, 4):  # the same finished pick, three times
+    async def body(driver: VDA5050Driver) -> None:
+        header_id = publish_steps(spy, vehicle, 2, 1)  # driving to a rack, picking
+        header_id = publish_steps(spy, vehicle, 1, header_id)  # the pick finished
+        for _ in range(2):  # the same finished pick in the next states
             spy.publish(f"{TOPIC}/amr-8/state", state_message(vehicle, header_id))
-        await until(lambda: driver.messages >= 3)
-        await stop(task)
+            header_id += 1
+        await until(lambda: driver.messages >= 5)
 
-    asyncio.run(body())
+    run_hand_driven(broker, "amr-8", sink, body, nodes={"pack-01": "PACK-01"})
     spy.close()
     assert moves(sink) == []
     (refused,) = events(sink, "move_refused")
@@ -321,27 +347,42 @@ def test_a_load_action_that_cannot_be_booked_is_refused_once(broker: Broker) -> 
     assert dict(sink.states[-1][1].errors) == {"bad_load_action": 1}
 
 
+def test_what_finished_before_the_first_session_is_refused_not_guessed(broker: Broker) -> None:
+    sink = RecordingSink()
+    spy = Spy(broker)
+    vehicle = Vehicle("amr-6", "fcsim", 6)
+    for _ in range(4):
+        vehicle.advance()  # picked, and on its way to the drop: lastNodeId is no longer news
+
+    async def body(driver: VDA5050Driver) -> None:
+        spy.publish(f"{TOPIC}/amr-6/state", state_message(vehicle, 1))
+        publish_steps(spy, vehicle, 2, 2)  # at the drop, dropped
+        await until(lambda: driver.messages >= 3)
+
+    run_hand_driven(broker, "amr-6", sink, body)
+    spy.close()
+    (drop,) = vehicle.finished[1:]
+    assert moves(sink) == [(drop["load"], "AMR-amr-6", NODES[drop["node"]])]
+    (refused,) = events(sink, "move_refused")
+    assert refused["action_id"] == "order-amr-6-1-pick"
+    assert dict(sink.states[-1][1].errors) == {"unseen_load_action": 1}
+
+
 def test_a_move_not_made_durable_is_booked_from_the_redelivered_message(broker: Broker) -> None:
     sink = RecordingSink()
     sink.hold_movements = True
     spy = Spy(broker)
     vehicle = Vehicle("amr-7", "fcsim", 7)
-    for _ in range(3):
-        vehicle.advance()
 
-    async def body() -> None:
-        driver = make_driver(broker, "amr-7", sink, reconnect_max_s=1.0)
-        task = asyncio.create_task(driver.run())
-        await until(lambda: driver.sessions == 1)  # subscribed: what follows reaches it
-        spy.publish(f"{TOPIC}/amr-7/state", state_message(vehicle, 1))
+    async def body(driver: VDA5050Driver) -> None:
+        publish_steps(spy, vehicle, 3, 1)  # to the rack, picking, picked
         await until(lambda: len(sink.pending) == 1)
         sink.hold_movements = False
         sink.pending[0].set_exception(OSError("disk full"))
         # not acked: the broker sends the message again to the next session
         await until(lambda: driver.loads_booked == 1, timeout=30)
-        await stop(task)
 
-    asyncio.run(body())
+    run_hand_driven(broker, "amr-7", sink, body, reconnect_max_s=1.0)
     spy.close()
     assert [m[0] for m in moves(sink)] == [vehicle.finished[0]["load"]] * 2
     assert sink.cursors["vda5050:amr-7:booked:n"] == 1
