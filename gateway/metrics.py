@@ -130,11 +130,11 @@ class WebResponse(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-# (path, query string) -> the response, or None when the path is not the route's.
-WebRoute = Callable[[str, str], WebResponse | None]
+# (path, query string, Host header) -> the response, or None when the path is not the route's.
+WebRoute = Callable[[str, str, str], WebResponse | None]
 
 
-def _no_web(path: str, query: str) -> WebResponse | None:
+def _no_web(path: str, query: str, host: str) -> WebResponse | None:
     """No page served: every other path is a 404."""
     return None
 
@@ -163,7 +163,7 @@ class HealthServer:
                 elif path == "/readyz":
                     ok, body = ready()
                     self._json(200 if ok else 503, body)
-                elif (page := web(path, query)) is not None:
+                elif (page := web(path, query, self.headers.get("Host", ""))) is not None:
                     self._send(page.code, page.body, page.content_type, page.headers)
                 else:
                     self._json(

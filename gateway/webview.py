@@ -12,6 +12,7 @@ counters as /readyz and /metrics do, and the tap's copies; it never touches the 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -77,8 +78,16 @@ class WebView:
         self.page = page_html()
         self.rates = ReadRates(metrics, clock)
 
-    def route(self, path: str, query: str) -> WebResponse | None:
+    def route(self, path: str, query: str, host: str) -> WebResponse | None:
         """gateway.metrics.WebRoute: the page and its API; None for any other path."""
+        if path != "/" and not path.startswith("/api/"):
+            return None
+        if not addressed_by_ip(host):
+            # A page elsewhere can point a name of its own at this box (DNS rebinding) and
+            # read what the browser fetches; it cannot make the browser send an IP as Host.
+            self.metrics.rejected.labels("web", "host_not_an_address").inc()
+            log.warning("refused %s for Host %r: open the page by IP address", path, host[:100])
+            return _json(403, {"error": "open the page by IP address or localhost"})
         if path == "/":
             return WebResponse(200, self.page, "text/html; charset=utf-8", PAGE_HEADERS)
         if path == "/api/status":
@@ -176,6 +185,21 @@ class WebView:
             for d in self.settings.readers
             for n, a in sorted(d.antennas.items())
         }
+
+
+def addressed_by_ip(host: str) -> bool:
+    """Whether a Host header names this listener by IP address or as localhost (no Host: an
+    HTTP/1.0 client, not a browser)."""
+    if not host:
+        return True
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rpartition(":")[0] or host
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def antennas_query(query: str) -> tuple[float, str | None]:

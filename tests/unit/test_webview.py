@@ -8,7 +8,8 @@ metrics listener over loopback HTTP, for a gateway with no devices and one with 
   held once nobody has watched for a minute, and stays bounded while watched however many
   reads come (reads are counted exactly, a budget of them classified and kept);
 - GET / is the page (one file, no external assets, a CSP that forbids any), every other method
-  is 405; a bad query is a counted 400; /api/status names every configured device.
+  is 405; a bad query is a counted 400, a Host that is a name (DNS rebinding) a counted 403;
+  /api/status names every configured device.
 """
 
 from __future__ import annotations
@@ -248,9 +249,13 @@ class Served:
         )  # fmt: skip
         self.server.start()
 
-    def request(self, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self, path: str, method: str = "GET", host: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         url = f"http://127.0.0.1:{self.server.port}{path}"
         req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+        if host is not None:
+            req.add_header("Host", host)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (http, loopback)
                 return resp.status, dict(resp.headers), resp.read()
@@ -297,6 +302,19 @@ def test_only_get_is_served_and_a_refusal_is_counted(served: Served) -> None:
     assert refused == 4
     assert served.request("/nope")[0] == 404
     assert served.request("/metrics")[0] == 200  # the listener's own paths are untouched
+
+
+def test_the_page_answers_only_to_an_ip_address_or_localhost(served: Served) -> None:
+    """A name in Host may be a stranger's DNS pointed at this box (rebinding): refused."""
+    for host in ("localhost:9100", "127.0.0.1:9464", "[::1]:9464", "10.1.2.3"):
+        assert served.request("/api/status", host=host)[0] == 200, host
+    refused = served.metrics.rejected.labels("web", "host_not_an_address")
+    for n, host in enumerate(("attacker.example:9464", "127.0.0.1.nip.io", "edgebox"), start=1):
+        assert served.request("/", host=host)[0] == 403, host
+        assert served.request("/api/antennas", host=host)[0] == 403, host
+        assert refused._value.get() == 2 * n
+    assert not served.tap.watching
+    assert served.request("/metrics", host="edgebox:9464")[0] == 200  # Prometheus by name
 
 
 BAD_QUERIES = (
