@@ -279,3 +279,31 @@ def test_reads_per_second_come_from_what_the_reader_delivered(
     snapshot = node.view.snapshot("rd-1")
     assert snapshot["Reads"].value == 30
     assert snapshot["Reads per second"].value == 15.0
+
+
+def test_config_errors_name_the_sparkplug_key(tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+
+    raw: dict[str, Any] = {
+        "gateway": {"site": "S1", "id": "gw-1", "state_dir": str(tmp_path)},
+        "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+        "locations": {"Z": {}},
+        "readers": [
+            {"name": "rd-1", "driver": "llrp", "host": "h", "antennas": {"1": {"location": "Z"}}}
+        ],
+        "sparkplug": {"enabled": "yes", "group_id": "a/b", "interval_s": 0, "bogus": 1},
+    }
+    with pytest.raises(ConfigError) as bad:
+        from_dict(raw, "gw.toml")
+    lines = bad.value.lines
+    for key in ("enabled", "group_id", "interval_s", "bogus"):
+        assert any(line.startswith(f"gw.toml: sparkplug.{key}: ") for line in lines), lines
+    raw["sparkplug"] = {"enabled": True, "url": "http://scada"}
+    with pytest.raises(ConfigError) as bad_url:
+        from_dict(raw, "gw.toml")
+    assert bad_url.value.lines == [
+        "gw.toml: sparkplug.url: expected mqtt://HOST[:PORT] or mqtts://..., got 'http://scada'"
+    ]
+    raw["sparkplug"] = {"enabled": True}
+    settings = from_dict(raw, "gw.toml")
+    assert settings.sparkplug.enabled and settings.sparkplug.group_id is None  # the site
