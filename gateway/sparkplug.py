@@ -190,6 +190,10 @@ class SparkplugNode:
         if s.tls_enabled:
             client.tls_set_context(_tls_context(s))
         client.reconnect_delay_set(1, max(1, int(s.reconnect_max_s)))
+        # An error in a callback is logged, and the session goes on: raised, it would end
+        # paho's thread, and Sparkplug with it, silently.
+        client.suppress_exceptions = True
+        client.enable_logger(log)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -199,7 +203,12 @@ class SparkplugNode:
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         """Before every connect: a new bdSeq, durable before the broker holds it in the will."""
         with self._lock:
-            self.bd_seq = self.bd_seqs.advance()
+            try:
+                self.bd_seq = self.bd_seqs.advance()
+            except OSError as exc:  # the state dir is the outbox's: the gateway has bigger
+                # problems; births and will still agree within this process
+                log.error("sparkplug: bdSeq not saved (%s); a restart may repeat it", exc)
+                self.bd_seq = ((self.bd_seq if self.bd_seq is not None else -1) + 1) % SEQ_MODULUS
             will = encode(self._bd_seq_metric(), timestamp_ms=now_ms(), seq=None)
             client.will_set(self.topics.node("NDEATH"), will, qos=1, retain=False)
 
