@@ -15,12 +15,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.vda5050.vehicle import PACKS, RACKS
 from tests.support.broker import Broker
 from tests.support.gateway import ListenProcess, fc_edge, gateway_head
 from tests.support.helpers import free_port, validate_message, wait_for
+from tests.support.ops import http_json, scrape
 
 SERIALS = ("amr-1", "amr-2")
 NODES = {n: n.upper() for n in RACKS + PACKS}
@@ -65,7 +68,7 @@ class FleetSim:
         self.err.close()
 
 
-def config(state: Path, broker_url: str, fleet_url: str) -> str:
+def config(state: Path, broker_url: str, fleet_url: str, metrics_port: int) -> str:
     locations = "".join(
         f"[locations.{loc}]\n" for loc in [*NODES.values(), "AMR-AMR-1", "AMR-AMR-2"]
     )
@@ -83,7 +86,10 @@ reconnect_max_s = 2
 """
         for serial in SERIALS
     )
-    return gateway_head(state, broker_url) + locations + vehicles
+    head = gateway_head(state, broker_url).replace(
+        "enabled = false", f'enabled = true\nlisten = "127.0.0.1:{metrics_port}"'
+    )
+    return head + locations + vehicles
 
 
 def received(listen: ListenProcess) -> dict[Move, set[str]]:
@@ -104,7 +110,8 @@ def test_amr_moves_reach_the_ims_exactly_once_through_two_kill_9(
     fleet_broker = Broker(tmp_path / "fleet-broker", free_port())
     fleet_broker.start()
     conf = tmp_path / "gw.toml"
-    conf.write_text(config(tmp_path / "state", broker.url, fleet_broker.url))
+    metrics_port = free_port()
+    conf.write_text(config(tmp_path / "state", broker.url, fleet_broker.url, metrics_port))
     assert fc_edge("check-config", "-c", str(conf), stdout=subprocess.DEVNULL).wait(60) == 0
     listen = ListenProcess(tmp_path, broker.url, "S1", "--streams", "movements")
     log_path = tmp_path / "gw.log"
@@ -133,7 +140,12 @@ def test_amr_moves_reach_the_ims_exactly_once_through_two_kill_9(
         deadline = time.monotonic() + 120
         while not set(received(listen)) >= set(published) and time.monotonic() < deadline:
             time.sleep(0.5)
+        # Bad messages in the last run: counted per vehicle and kind in the gateway's metrics.
+        sim.command({"fault": "out_of_order", "vehicle": "amr-1"})
+        sim.command({"fault": "missing_fields", "vehicle": "amr-2"})
         time.sleep(3)  # repeated states and redeliveries would show by now
+        ready, samples = http_json(metrics_port, "/readyz")[1], scrape(metrics_port)
+        retained = devices_retained(broker)
         gw.terminate()
         assert gw.wait(30) == 0, (tmp_path / "gw.log").read_text()[-3000:]
     finally:
@@ -156,3 +168,37 @@ def test_amr_moves_reach_the_ims_exactly_once_through_two_kill_9(
     twice = {move: ids for move, ids in got.items() if len(ids) != 1}
     assert not twice, f"booked more than once: {list(twice.items())[:3]}"
     assert any(len(load) == 24 for load, _, _ in got), "EPC loads among them"
+    assert ready["ready"] and {ready["devices"][s]["state"] for s in SERIALS} == {"up"}
+    assert {s: retained[s]["state"] for s in SERIALS} == {s: "up" for s in SERIALS}
+    errors = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "fc_edge_device_errors_total" and value
+    }
+    assert errors == {
+        frozenset({("device", "amr-1"), ("kind", "state_out_of_order")}): 1,
+        frozenset({("device", "amr-2"), ("kind", "state_invalid")}): 1,
+    }, "the injected faults, counted on their vehicle; no load action refused or unseen"
+    for serial in SERIALS:
+        assert samples[("fc_edge_device_up", frozenset({("device", serial)}))] == 1
+
+
+def devices_retained(broker: Broker) -> dict[str, dict[str, Any]]:
+    """The retained devices/{name} status on the gateway's broker, as an IMS sees it."""
+    status: dict[str, dict[str, Any]] = {}
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ims-devices")
+
+    def on_message(c: Any, u: Any, msg: Any) -> None:
+        status[msg.topic.rsplit("/", 1)[1]] = json.loads(msg.payload)
+
+    client.on_message = on_message
+    assert broker.port is not None
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("fc/S1/gw-1/devices/+", qos=1)
+    client.loop_start()
+    try:
+        wait_for(lambda: len(status) >= len(SERIALS), 10, interval=0.1)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return status

@@ -368,6 +368,27 @@ def test_what_finished_before_the_first_session_is_refused_not_guessed(broker: B
     assert dict(sink.states[-1][1].errors) == {"unseen_load_action": 1}
 
 
+def test_a_vehicle_that_stops_sending_states_is_stale_once(broker: Broker) -> None:
+    sink = RecordingSink()
+    spy = Spy(broker)
+    vehicle = Vehicle("amr-5", "fcsim", 5)
+
+    async def body(driver: VDA5050Driver) -> None:
+        header_id = publish_steps(spy, vehicle, 1, 1)
+        await until(lambda: bool(events(sink, "stale")))
+        await asyncio.sleep(1.5)  # still silent: no second stale
+        publish_steps(spy, vehicle, 1, header_id)
+        await until(lambda: bool(events(sink, "recovered")))
+
+    run_hand_driven(broker, "amr-5", sink, body, stale_after_s=1.0)
+    spy.close()
+    (stale,) = events(sink, "stale")
+    assert stale["point"] == "state" and stale["unchanged_s"] >= 1.0
+    (recovered,) = events(sink, "recovered")
+    assert recovered["from"] == "stale"
+    assert sink.state_names()[-3:] == ["stale", "up", "stopped"]
+
+
 def test_a_move_not_made_durable_is_booked_from_the_redelivered_message(broker: Broker) -> None:
     sink = RecordingSink()
     sink.hold_movements = True
