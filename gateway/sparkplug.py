@@ -119,6 +119,7 @@ class SparkplugNode:
         self._host_seen_ms = 0  # the newest STATE timestamp taken
         self.born = False
         self._stopping = False
+        self._failing = False  # connects fail (logged once)
         self._last: dict[str, dict[str, Metric]] = {}  # device -> metrics as last published
         self._dead: set[str] = set()  # devices whose DDEATH is the last word
         self._history: deque[tuple[str, Metric]] = deque(maxlen=MAX_HISTORY)
@@ -193,12 +194,24 @@ class SparkplugNode:
         # An error in a callback is logged, and the session goes on: raised, it would end
         # paho's thread, and Sparkplug with it, silently.
         client.suppress_exceptions = True
-        client.enable_logger(log)
+        client.on_log = self._on_paho_log
+        client.on_connect_fail = self._on_connect_fail
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
+
+    def _on_paho_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        """paho reports an error in one of our callbacks only here: relay that (not its
+        per-packet chatter, nor a failed connect at every retry)."""
+        if buf.startswith("Caught exception"):
+            log.error("sparkplug: %s", buf)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._failing:  # once, until a connect succeeds
+            log.warning("sparkplug: cannot connect to %s; retrying", self.broker.url)
+        self._failing = True
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         """Before every connect: a new bdSeq, durable before the broker holds it in the will."""
@@ -219,6 +232,7 @@ class SparkplugNode:
             log.warning("sparkplug: broker refused the connection: %s", reason)
             return
         log.info("sparkplug: connected to %s (bdSeq %s)", self.broker.url, self.bd_seq)
+        self._failing = False
         with self._lock:
             self.connected = True
             self.host_online = self.primary_host is None
