@@ -14,10 +14,12 @@ Optional (`[sparkplug] enabled`). Status and metrics only: movements stay on the
   DBIRTH.
 * NCMD `Node Control/Rebirth` = true republishes the births. Anything else on NCMD or DCMD is
   counted (`fc_edge_rejected_inputs_total{source="sparkplug"}`), logged and ignored.
-* With `primary_host_id`, births wait for `spBv1.0/STATE/{id}` online. While no birth is out
-  (host offline, broker away) changed metrics are kept, up to MAX_HISTORY, and sent after
-  the next births as DDATA with `is_historical` and the time they changed. The history is
-  held in memory: what changed while the gateway itself was down is not known to it.
+* With `primary_host_id`, births wait for `spBv1.0/STATE/{id}` online; the host going offline
+  ends the session (NDEATH, disconnect, a new session with the next bdSeq that waits again).
+  While no birth is out (host offline, broker away) changed metrics are kept, up to
+  MAX_HISTORY, and sent after the next births as DDATA with `is_historical` and the time they
+  changed. The history is held in memory: what changed while the gateway itself was down is
+  not known to it.
 * A clean stop publishes the NDEATH itself and disconnects.
 
 Threads: paho's network thread runs the session's callbacks (connect, commands, STATE); the
@@ -119,6 +121,7 @@ class SparkplugNode:
         self._host_seen_ms = 0  # the newest STATE timestamp taken
         self.born = False
         self._stopping = False
+        self._cycling = False  # disconnecting on purpose, to connect again (host offline)
         self._failing = False  # connects fail (logged once)
         self._last: dict[str, dict[str, Metric]] = {}  # device -> metrics as last published
         self._dead: set[str] = set()  # devices whose DDEATH is the last word
@@ -141,6 +144,9 @@ class SparkplugNode:
         """Connect in the background (paho's thread reconnects with backoff)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._connect()
+
+    def _connect(self) -> None:
         host, port = self.broker.host_port
         self.client.connect_async(host, port, keepalive=int(self.broker.keepalive_s))
         self.client.loop_start()
@@ -247,7 +253,7 @@ class SparkplugNode:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         with self._lock:
-            if self.connected and not self._stopping:
+            if self.connected and not (self._stopping or self._cycling):
                 log.warning("sparkplug: disconnected (%s)", reason)
             self.connected = False
             self.born = False
@@ -298,10 +304,30 @@ class SparkplugNode:
                 log.info("sparkplug: primary host %s online", self.primary_host)
                 self.publish_births()
             elif not online and was:
-                log.warning("sparkplug: primary host %s offline: holding", self.primary_host)
+                log.warning(
+                    "sparkplug: primary host %s offline: NDEATH, reconnecting to wait for it",
+                    self.primary_host,
+                )
                 if self.born:
-                    self._publish_ndeath()  # the host's view: this node is gone until births
+                    self._publish_ndeath()  # before the DISCONNECT: paho sends in order
                 self.born = False
+                self._start_over()
+
+    def _start_over(self) -> None:
+        """Sparkplug 3.0 on a primary host gone offline: disconnect, then a new session (a new
+        bdSeq) that waits for the host's STATE online. From a thread of its own: paho's thread,
+        which runs this callback, cannot wait for itself to end."""
+
+        def cycle() -> None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            with self._lock:
+                if not self._stopping:  # a stop meanwhile: stay disconnected
+                    self._cycling = False
+                    self._connect()
+
+        self._cycling = True
+        threading.Thread(target=cycle, name="sparkplug-reconnect", daemon=True).start()
 
     def _reject(self, reason: str, detail: str) -> None:
         self.metrics.rejected.labels("sparkplug", reason).inc()

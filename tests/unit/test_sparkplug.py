@@ -1,7 +1,8 @@
 """Sparkplug B: payloads as Eclipse Tahu's own schema reads them, seq and bdSeq wrapping, the
 bdSeq kept across restarts, commands and STATE parsed, and the edge node itself against a real
-mosquitto: births wait for the primary host, what changed while it was offline comes after the
-next births with is_historical, a device that loses its connection gets a DDEATH."""
+mosquitto: births wait for the primary host, its going offline ends the session (NDEATH, a new
+session with the next bdSeq), what changed while it was offline comes after the next births
+with is_historical, a device that loses its connection gets a DDEATH."""
 
 from __future__ import annotations
 
@@ -200,6 +201,10 @@ def test_births_wait_for_the_primary_host_and_history_follows_them(
         sub.stop()
     births = sub.of(f"{PREFIX}/NBIRTH/gw-1")
     assert len(births) == 2
+    first, second = (value(metrics_of(b)["bdSeq"]) for b in births)
+    ndeath = sub.of(f"{PREFIX}/NDEATH/gw-1")[0]
+    assert value(metrics_of(ndeath)["bdSeq"]) == first, "the NDEATH ends the first session"
+    assert second == first + 1, "a new session (Sparkplug 3.0: disconnect, connect again)"
     history = [m for p in sub.of(f"{PREFIX}/DDATA/gw-1/rd-1") for m in p.metrics if m.is_historical]
     states = {m.name: value(m) for m in history}
     assert states["State"] == "backoff" and states["Detail"] == "connection refused"
