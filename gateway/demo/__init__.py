@@ -10,6 +10,8 @@ What runs (each its own process, every one of them the project's own command):
     (receiving, shipping), staging, a conveyor zone, a store floor and a returns counter;
   * `fc-edge simulate modbus` twice: a conveyor PLC and a robot cell (its moves are movements);
   * `fc-edge simulate tsl`: a handheld doing a cycle count of the store floor;
+  * `fc-edge simulate vda5050 --vehicles 2`: two AMRs moving totes from racks to packing, on a
+    fleet broker of their own (a second mosquitto; only when the demo runs its own broker);
   * `fc-edge run` with one config merged from all of them, and `fc-edge listen` as the IMS.
 
 The demo stops its broker for 20 s partway through (less when --duration-s is short), shows the
@@ -69,6 +71,12 @@ STREAM_OF_SCHEMA = {
 # The robot cell's station numbers (simulators/modbus: 1..4) -> demo-site.json locations.
 ROBOT_STATIONS = {"1": "CELL-IN", "2": "CELL-PICK-A", "3": "CELL-PICK-B", "4": "CELL-OUT"}
 HANDHELD = "handheld-1"
+# The AMRs' VDA 5050 nodes (simulators/vda5050) -> locations of their own, and where a tote is
+# while a vehicle carries it.
+AMR_NODES = {
+    **{f"rack-0{i}": f"AMR-RACK-0{i}" for i in range(1, 5)},
+    **{f"pack-0{i}": f"AMR-PACK-0{i}" for i in range(1, 3)},
+}
 COUNTED_LOCATION = "SALES-FLOOR"
 COUNTED_BARCODE = "LOC-SALES-FLOOR"
 EX_INTERRUPTED = 130
@@ -269,10 +277,10 @@ def handheld_scenario(plan: Plan, start_delay_s: float) -> dict[str, Any]:
 
 
 def start_site(
-    children: Children, workdir: Path, plan: Plan, broker_url: str
+    children: Children, workdir: Path, plan: Plan, broker_url: str, fleet_url: str | None = None
 ) -> tuple[Site, float]:
     """Start the simulators, write the merged gateway config. Returns the site and the
-    monotonic time of the scenario's t=0."""
+    monotonic time of the scenario's t=0. `fleet_url`: the AMRs' broker (None: no AMRs)."""
     start_delay_s = 6.0  # the gateway's readers connect before the scenario starts
     base_config = workdir / "llrp-readers.toml"
     llrp = children.start(
@@ -308,6 +316,16 @@ def start_site(
         cli_argv("simulate", "tsl", "--scenario", str(hh_path), "--listen", "127.0.0.1:0"),
         capture_stdout=True,
     )
+    amrs = None
+    if fleet_url is not None:
+        amrs = children.start(
+            "amr-fleet",
+            cli_argv(
+                "simulate", "vda5050", "--broker", fleet_url, "--vehicles", "2",
+                "--step-s", "1.0", "--start-delay-s", str(start_delay_s),
+            ),
+            capture_stdout=True,
+        )  # fmt: skip
     readers_at = first_json_line(llrp)
     t0 = time.monotonic() + start_delay_s  # the LLRP simulator's t=0, from its first line
     equipment_ports = {
@@ -321,12 +339,16 @@ def start_site(
     except (DemoError, KeyError, ValueError) as exc:
         notes.append(f"handheld left out: the TSL simulator did not start ({exc})")
         children.stop("handheld-sim")
+    fleet = None
+    if amrs is not None and fleet_url is not None:
+        fleet = (fleet_url, [str(v) for v in first_json_line(amrs)["vehicles"]])
     metrics_port = free_port()
     raw = merge_config(
         tomllib.loads(base_config.read_text(encoding="utf-8")),
         metrics_port=metrics_port,
         equipment_ports=equipment_ports,
         handheld_port=handheld_port,
+        fleet=fleet,
     )
     config_path = workdir / "demo.toml"
     write_config(raw, config_path)
@@ -334,7 +356,7 @@ def start_site(
         config_path=config_path,
         metrics_url=f"http://127.0.0.1:{metrics_port}",
         readers=sorted(readers_at["readers"]),
-        equipment=sorted(equipment_ports),
+        equipment=sorted([*equipment_ports, *(fleet[1] if fleet else [])]),
         handheld=HANDHELD if handheld_port else None,
         notes=notes,
     )
@@ -347,9 +369,11 @@ def merge_config(
     metrics_port: int,
     equipment_ports: Mapping[str, int],
     handheld_port: int | None,
+    fleet: tuple[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The LLRP simulator's generated config (readers, locations, portals) plus the Modbus
-    equipment, the handheld, metrics on a free port and demo-friendly timings."""
+    equipment, the handheld, the AMRs (`fleet`: their broker and serial numbers), metrics on
+    a free port and demo-friendly timings."""
     raw = json.loads(json.dumps(raw))  # a deep copy
     raw["gateway"] |= {"id": GATEWAY_ID, "shutdown_timeout_s": 10}
     # A demo's broker comes back after 20 s: reconnect within 2 s instead of up to 30 s.
@@ -373,6 +397,8 @@ def merge_config(
         if kind == "robot":
             entry["stations"] = dict(ROBOT_STATIONS)
         equipment.append(entry)
+    if fleet is not None:
+        equipment += amr_entries(raw["locations"], *fleet)
     raw["equipment"] = equipment
     if handheld_port is not None:
         raw["readers"].append(
@@ -386,6 +412,32 @@ def merge_config(
             }
         )
     return raw
+
+
+def amr_entries(
+    locations: dict[str, Any], fleet_url: str, serials: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One `vda5050` entry per AMR; their nodes' and vehicles' locations added to `locations`."""
+    entries = []
+    for name in AMR_NODES.values():
+        locations.setdefault(name, {})
+    for serial in serials:
+        vehicle = f"AMR-{serial.upper()}"
+        locations.setdefault(vehicle, {})
+        entries.append(
+            {
+                "name": serial,
+                "driver": "vda5050",
+                "broker": fleet_url,
+                "manufacturer": "fcsim",
+                "serial_number": serial,
+                "location": vehicle,
+                "nodes": dict(AMR_NODES),
+                "client_id": f"fc-edge-{GATEWAY_ID}-{serial}",
+                "reconnect_max_s": 2,
+            }
+        )
+    return entries
 
 
 def write_config(raw: dict[str, Any], path: Path) -> None:
@@ -625,6 +677,7 @@ class Demo:
         self.log_dir.mkdir()
         self.children = Children(self.log_dir)
         self.broker: Mosquitto | None = None
+        self.fleet_broker: Mosquitto | None = None  # the AMRs' (with our own broker only)
         self.broker_url: str = args.broker or ""
         self.site: Site | None = None
         self.watch: Watch | None = None
@@ -648,8 +701,14 @@ class Demo:
             self.broker = Mosquitto(self.workdir / "broker", persistence=True, autosave_s=5)
             self.broker.start()
             self.broker_url = self.broker.url
+            # The AMRs' fleet broker is another one (as on a real site): the outage is the IMS's.
+            self.fleet_broker = Mosquitto(self.workdir / "fleet-broker")
+            self.fleet_broker.start()
         self.say(f"broker {self.broker_url}; work dir {self.workdir}")
-        self.site, self.t0 = start_site(self.children, self.workdir, self.plan, self.broker_url)
+        fleet_url = self.fleet_broker.url if self.fleet_broker is not None else None
+        self.site, self.t0 = start_site(
+            self.children, self.workdir, self.plan, self.broker_url, fleet_url
+        )
         for note in self.site.notes:
             self.say(note)
         site_name = self._site_name()
@@ -668,7 +727,7 @@ class Demo:
         self.watch = Watch(self.site, TailFile(listen.out_path), TailFile(listen.log_path))
         self.say(
             f"site {site_name}: {len(self.site.readers)} LLRP readers, "
-            f"{len(self.site.equipment)} Modbus devices, handheld "
+            f"{len(self.site.equipment)} equipment (PLCs, robot cell, AMRs), handheld "
             f"{'yes' if self.site.handheld else 'no'}; scenario x{self.plan.speed}; metrics "
             f"{self.site.metrics_url}/metrics"
         )
@@ -908,8 +967,9 @@ class Demo:
     def cleanup(self) -> None:
         with no_interruptions():
             self.children.stop_all()
-            if self.broker is not None:
-                self.broker.stop()
+            for broker in (self.broker, self.fleet_broker):
+                if broker is not None:
+                    broker.stop()
 
 
 UP_STATES = frozenset({"connected", "up", "running", "reading", "inventory", "ok", "idle"})

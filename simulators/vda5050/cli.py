@@ -11,7 +11,8 @@ line on stdout ("vehicle": a serial number; without it, every vehicle):
     {"fault": "connection_lost", "down_s": 3}
                                    the TCP connection drops without DISCONNECT: the broker
                                    publishes the will (CONNECTIONBROKEN); back after down_s
-    {"hold": true}                 no new steps: the current state is repeated (false: go on)
+    {"hold": true}                 no new steps: the current state is repeated (false: go on;
+                                   --start-delay-s holds the vehicles that long at the start)
     {"status": true}               per vehicle: headerIds, orders, the finished pick/drops
 """
 
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface-name", default="uagv")
     p.add_argument("--major-version", default="v2")
     p.add_argument("--step-s", type=float, default=1.0, help="seconds per step (one state each)")
+    p.add_argument(
+        "--start-delay-s",
+        type=float,
+        default=0.0,
+        help="the vehicles stand still (repeating an idle state) this long before the first order",
+    )
     # VDA 5050 says QoS 0 for state; 1 lets the broker queue states for a gateway that is down.
     p.add_argument("--qos", type=int, choices=(0, 1), default=1, help="QoS of state messages")
     return p
@@ -64,7 +71,9 @@ async def serve(args: argparse.Namespace) -> int:
             "vehicles": [v.vehicle.serial for v in fleet.vehicles],
         }
     )
+    fleet.hold = args.start_delay_s > 0  # an observer starting meanwhile misses no action
     runner = asyncio.create_task(fleet.run())
+    asyncio.get_running_loop().call_later(args.start_delay_s, setattr, fleet, "hold", False)
     await answer_commands(fleet.control, "vda5050-sim")
     runner.cancel()
     fleet.stop()

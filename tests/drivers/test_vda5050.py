@@ -466,3 +466,13 @@ def test_the_config_validates_the_vda5050_keys_naming_each(tmp_path: Path) -> No
     del entry["manufacturer"]
     with pytest.raises(ConfigError, match=r"equipment\[0\]\.manufacturer"):
         from_dict({**config({}), "equipment": [entry]})
+
+
+def test_the_demo_s_amrs_are_valid_entries_whose_nodes_are_the_simulator_s() -> None:
+    from gateway import demo
+
+    raw = config({})
+    raw["equipment"] = demo.amr_entries(raw["locations"], "mqtt://127.0.0.1:1884", ["amr-1"])
+    (device,) = from_dict(raw).equipment
+    assert device.driver == "vda5050" and device.options.location == "AMR-AMR-1"
+    assert set(device.options.nodes) == set(RACKS + PACKS), "every node the AMRs visit"
