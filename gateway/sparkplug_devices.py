@@ -33,6 +33,7 @@ class DeviceTap:
         self._lock = threading.Lock()
         self._reads: dict[str, int] = {}
         self._points: dict[str, dict[str, Any]] = {}  # device -> metric name -> value
+        self._alarms: dict[str, set[str]] = {}  # device -> active alarms
 
     # --- drivers.base.Sink --------------------------------------------------------------------
 
@@ -73,7 +74,12 @@ class DeviceTap:
                     found[f"Points/{point}"] = value
                 for point, total in (data.get("counters") or {}).items():
                     found[f"Counters/{point}"] = total
-                found["Alarms/Active"] = ", ".join(str(a) for a in data.get("alarms") or ())
+                found["Alarms/Active"] = self._active(device, set(data.get("alarms") or ()))
+            case "alarm" if isinstance(data.get("alarm"), str):
+                with self._lock:
+                    active = set(self._alarms.get(device, ()))
+                (active.add if data.get("active") else active.discard)(data["alarm"])
+                found["Alarms/Active"] = self._active(device, active)
             case "state" if isinstance(data.get("point"), str):
                 found[f"Points/{data['point']}"] = data.get("value")
             case "counter" if isinstance(data.get("point"), str):
@@ -81,6 +87,12 @@ class DeviceTap:
         if found:
             with self._lock:
                 self._points.setdefault(device, {}).update(found)
+
+    def _active(self, device: str, alarms: set[str]) -> str:
+        """The device's active alarms are now `alarms`: as one metric value."""
+        with self._lock:
+            self._alarms[device] = alarms
+        return ", ".join(sorted(str(a) for a in alarms))
 
     def reads_of(self, reader: str) -> int:
         with self._lock:

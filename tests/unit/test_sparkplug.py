@@ -312,3 +312,28 @@ def test_config_errors_name_the_sparkplug_key(tmp_path: Path) -> None:
     raw["sparkplug"] = {"enabled": True}
     settings = from_dict(raw, "gw.toml")
     assert settings.sparkplug.enabled and settings.sparkplug.group_id is None  # the site
+
+
+def test_equipment_events_become_point_counter_and_alarm_metrics() -> None:
+    from drivers.base import DeviceEvent
+    from gateway.sparkplug_devices import DeviceTap
+
+    sink = RecordingSink()
+    tap = DeviceTap(sink, on_state=lambda device: None)
+
+    def event(**data: Any) -> None:
+        tap.event(DeviceEvent("plc", "equipment", data, time_us=1))
+
+    event(event="status", points={"mode": "RUN", "speed": 1.5}, counters={"cartons": 7},
+          alarms=["E-STOP"])  # fmt: skip
+    event(event="state", point="mode", value="STOPPED", previous="RUN")
+    event(event="counter", point="cartons", total=9, delta=2)
+    event(event="alarm", point="faults", alarm="JAM", active=True, previous=False)
+    event(event="alarm", point="faults", alarm="E-STOP", active=False, previous=True)
+    assert tap.points_of("plc") == {
+        "Points/mode": "STOPPED",
+        "Points/speed": 1.5,
+        "Counters/cartons": 9,
+        "Alarms/Active": "JAM",
+    }
+    assert len(sink.events) == 5, "every event is handed on to the gateway's sink"
