@@ -103,16 +103,27 @@ class VDA5050Driver(EquipmentDriver):
 
     async def connect(self) -> None:
         """A persistent session on the fleet broker, subscribed to the vehicle's topics."""
+        self._queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        connected: asyncio.Future[Any] = loop.create_future()  # CONNACK: reason, session kept
+        subscribed: asyncio.Future[Any] = loop.create_future()  # SUBACK: the reason codes
+        client = self._client = self._new_client(loop, connected, subscribed)
+        self._continuous = await self._open(client, connected)
+        await self._subscribe(client, subscribed)
+        self.sessions += 1
+        log.info("%s: observing %s on %s", self.name, self.topic_base, self.options.broker)
+
+    def _new_client(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connected: asyncio.Future[Any],
+        subscribed: asyncio.Future[Any],
+    ) -> Any:
+        """A paho client whose callbacks (on paho's thread) only hand over to the loop."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
 
-        loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
-        connected: asyncio.Future[Any] = loop.create_future()
-        subscribed: asyncio.Future[Any] = loop.create_future()
-        client = self._client = mqtt.Client(
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
@@ -120,7 +131,6 @@ class VDA5050Driver(EquipmentDriver):
         )
         self._set_credentials(client)
 
-        # paho calls these on its own thread: they only hand over to the loop.
         def settle(future: asyncio.Future[Any], value: Any) -> None:
             if not future.done():
                 future.set_result(value)
@@ -142,36 +152,40 @@ class VDA5050Driver(EquipmentDriver):
         client.on_subscribe = on_subscribe
         client.on_disconnect = on_disconnect
         client.on_message = on_message
+        return client
+
+    async def _open(self, client: Any, connected: asyncio.Future[Any]) -> bool:
+        """Connect with clean_start false; whether the broker kept our session."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = int(self.options.session_expiry_s)
         host, port = self._host_port()
-        timeout = self.options.timeout_s
+        broker = self.options.broker
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.options.timeout_s):
                 await asyncio.to_thread(
                     client.connect, host, port, _KEEPALIVE_S, clean_start=False, properties=props
                 )
             client.loop_start()
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.options.timeout_s):
                 reason, session_present = await connected
         except (OSError, TimeoutError) as exc:
-            raise DeviceDown(
-                "refused", f"cannot connect to {self.options.broker}: {exc!r}"
-            ) from None
+            raise DeviceDown("refused", f"cannot connect to {broker}: {exc!r}") from None
         if reason.is_failure:
-            raise DeviceDown("rejected", f"{self.options.broker} refused us: {reason}")
-        self._continuous = bool(session_present)
-        topics = [(f"{self.topic_base}/{kind}", 1) for kind in ("state", "connection")]
-        client.subscribe(topics)
+            raise DeviceDown("rejected", f"{broker} refused us: {reason}")
+        return bool(session_present)
+
+    async def _subscribe(self, client: Any, subscribed: asyncio.Future[Any]) -> None:
+        client.subscribe([(f"{self.topic_base}/{kind}", 1) for kind in ("state", "connection")])
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.options.timeout_s):
                 codes = await subscribed
         except TimeoutError:
             raise DeviceDown("timeout", "no SUBACK from the fleet broker") from None
         if any(code.is_failure for code in codes):
             raise DeviceDown("rejected", f"subscription to {self.topic_base} refused: {codes}")
-        self.sessions += 1
-        log.info("%s: observing %s on %s", self.name, self.topic_base, self.options.broker)
 
     async def serve(self) -> None:
         """Handle each message and ack it; wake every _TICK_S for staleness and the status."""

@@ -25,7 +25,7 @@ from gateway.config import ConfigError, DeviceSettings, from_dict
 from simulators.vda5050 import Fleet, SimulatedVehicle, Vehicle
 from simulators.vda5050.vehicle import PACKS, RACKS
 from tests.support.broker import Broker
-from tests.support.helpers import RecordingSink
+from tests.support.helpers import RecordingSink, free_port
 
 NODES = {n: n.upper() for n in RACKS + PACKS}
 Move = tuple[str | None, str | None, str | None]  # (load, from, to)
@@ -230,6 +230,37 @@ def test_the_will_is_unreachable_and_online_recovers(broker: Broker) -> None:
     connection = [e["value"] for e in events(sink, "state") if e["point"] == "connection"]
     assert connection == ["CONNECTIONBROKEN", "ONLINE"]
     assert sink.state_names()[-3:] == ["unreachable", "up", "stopped"]
+
+
+def test_a_fleet_broker_that_is_not_there_is_unreachable_until_the_vehicle_is_heard(
+    tmp_path: Path,
+) -> None:
+    later = Broker(tmp_path / "fleet", free_port())
+    sink = RecordingSink()
+    vehicle = Vehicle("amr-4", "fcsim", 4)
+    vehicle.advance()
+
+    async def body() -> None:
+        driver = make_driver(later, "amr-4", sink, reconnect_max_s=1.0)
+        task = asyncio.create_task(driver.run())
+        await until(lambda: bool(events(sink, "unreachable")))
+        later.start()
+        spy = Spy(later)
+        try:
+            await until(lambda: driver.sessions == 1)
+            spy.publish(f"{TOPIC}/amr-4/state", state_message(vehicle, 1))
+            await until(lambda: bool(events(sink, "recovered")))
+        finally:
+            spy.close()
+            await stop(task)
+
+    try:
+        asyncio.run(body())
+    finally:
+        later.stop()
+    (down,) = events(sink, "unreachable")
+    assert down["reason"] == "refused" and later.url in down["detail"]
+    assert sink.states[-1][1].errors["refused"] >= 1
 
 
 def test_a_restart_books_what_came_while_down_and_nothing_twice(broker: Broker) -> None:
