@@ -262,7 +262,8 @@ class VDA5050Driver(EquipmentDriver):
                 )
             return
         for action in actions:
-            await self._book(action, message["headerId"])
+            # The newest headerId accepted, not an out-of-order message's older one.
+            await self._book(action, max(message["headerId"], self.state_order.last or 0))
 
     def _apply_state(self, m: dict[str, Any]) -> None:
         time_us = message_time_us(m)
