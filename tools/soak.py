@@ -2,6 +2,7 @@
 file descriptors, threads, outbox and engine state for growth.
 
     python -m tools.soak [--minutes 125] [--readers 16] [--rate 100] [--warmup-min 15]
+                         [--decoder-processes N]
     (make soak: 125 minutes, the RSS slope fitted over the 110 after warm-up, a broker
     outage an hour)
 
@@ -19,7 +20,10 @@ within the warm-up instead of growing for the default's hour.
 
 Every `--sample-s` seconds it samples the daemon's RSS (/proc/PID/status VmRSS), threads
 (Threads) and open file descriptors (/proc/PID/fd), the outbox depth, the engine's tracked
-tags and the read/appended/acked counters (/metrics). The first `--warmup-min` minutes are
+tags and the read/appended/acked counters (/metrics). With `--decoder-processes N` (the
+daemon's `[gateway] decoder_processes`; 0, the default, decodes in the daemon) the LLRP
+readers are decoded in N child processes, and each sample also counts the daemon's live
+decoder processes and sums their RSS. The first `--warmup-min` minutes are
 warm-up (imports done, caches and SQLite's page cache filled, every device connected, the
 engine's churn at its steady size). The verdict, against bounds chosen for a process whose
 working set should be flat once warm:
@@ -33,6 +37,9 @@ working set should be flat once warm:
     warm-up by less than `--rss-bound-mb` (20 MB);
   * fds and threads: max - min after warm-up within `--fd-bound` (5: every device holds one
     socket; a leak per reconnect or per commit would show) and `--thread-bound` (2);
+  * decoder processes (with `--decoder-processes N`): exactly N alive in every sample after
+    warm-up (a restart in between would show as a missing one, or as the restarts counter),
+    and their summed RSS grows by less than `--rss-bound-mb`, judged like the daemon's;
   * engine state: tracked tags never above what the site can hold (every reader's population,
     the feeder's pools, and new EPCs/s x their read time, departed_after_s and
     forget_after_s, with 20 % slack);
@@ -102,6 +109,37 @@ class Sample:
     reads: float
     appended: float
     acked: float
+    decoders: int = 0  # the daemon's live decoder processes
+    decoder_rss_mb: float = 0.0  # their RSS, summed
+    decoder_restarts: float = 0.0
+
+
+def decoder_pids(daemon_pid: int) -> list[int]:
+    """The daemon's live decoder processes: its children running drivers.llrp_worker (a
+    zombie not yet reaped is not one)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # it ended while we looked
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == daemon_pid and b"drivers.llrp_worker" in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def decoders_rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += rss_kb(pid)
+        except OSError:
+            pass  # it ended since it was listed: the count shows that
+    return total
 
 
 @dataclass
@@ -117,6 +155,7 @@ class Soak:
     thread_bound: int = 2
     outage_every_min: float = 60.0
     outage_s: float = 60.0
+    decoder_processes: int = 0
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fc-edge-soak-")))
     samples: list[Sample] = field(default_factory=list)
     outages: list[tuple[float, float]] = field(default_factory=list)  # (down at, back at) s
@@ -165,7 +204,12 @@ class Soak:
             for name, reader in sim.readers.items()
         ]
         raw = {
-            "gateway": {"site": SITE, "id": "gw-soak", "state_dir": str(self.workdir / "state")},
+            "gateway": {
+                "site": SITE,
+                "id": "gw-soak",
+                "state_dir": str(self.workdir / "state"),
+                "decoder_processes": self.decoder_processes,
+            },
             "mqtt": {"url": broker_url, "client_id": "fc-edge-gw-soak"},
             "locations": locations,
             # Every zone forgets a departed tag after 10 minutes (the default zone profile
@@ -251,6 +295,7 @@ class Soak:
             time.sleep(max(0.0, next_at - time.monotonic()))
             self.outage_step(broker, time.monotonic() - started)
             s = scrape(self.metrics_url)
+            decoders = decoder_pids(pid)
             sample = Sample(
                 t_s=round(time.monotonic() - started, 1),
                 rss_mb=round(rss_kb(pid) / 1024, 1),
@@ -261,6 +306,9 @@ class Soak:
                 reads=metric(s, "fc_edge_reads_total"),
                 appended=metric(s, "fc_edge_outbox_appended_messages_total"),
                 acked=metric(s, "fc_edge_publisher_acked_messages_total"),
+                decoders=len(decoders),
+                decoder_rss_mb=round(decoders_rss_kb(decoders) / 1024, 1),
+                decoder_restarts=metric(s, "fc_edge_decoder_restarts_total"),
             )
             self.samples.append(sample)
             if len(self.samples) % 6 == 0:
@@ -268,10 +316,19 @@ class Soak:
                     f"t={sample.t_s:.0f}s rss {sample.rss_mb} MB fds {sample.fds} "
                     f"threads {sample.threads} tags {sample.tracked} outbox {sample.depth} "
                     f"reads {sample.reads:.0f} acked {sample.acked:.0f}"
+                    + self.decoders_said(sample)
                 )
         if not broker.running:  # the run ended inside an outage
             broker.start()
             self.outages[-1] = (self.outages[-1][0], round(time.monotonic() - started, 1))
+
+    def decoders_said(self, sample: Sample) -> str:
+        if not self.decoder_processes:
+            return ""
+        return (
+            f" decoders {sample.decoders} rss {sample.decoder_rss_mb} MB "
+            f"restarts {sample.decoder_restarts:.0f}"
+        )
 
     def outage_step(self, broker: Mosquitto, t_s: float) -> None:
         """Stop the broker when the next outage is due; start it again when it has lasted."""
@@ -333,6 +390,7 @@ class Soak:
             "outbox_drained_after_outages": not undrained,
             "clean_exit": exit_code == 0,
             "ims_complete": not problems,
+            **self.decoder_checks(warm),
         }
         first, final = self.samples[0], self.samples[-1]
         return {
@@ -357,6 +415,27 @@ class Soak:
             "ok": all(v for k, v in checks.items() if isinstance(v, bool) and k != "slope_judged"),
             "samples": [s.__dict__ for s in self.samples],
             "workdir": str(self.workdir),
+        }  # fmt: skip
+
+    def decoder_checks(self, warm: list[Sample]) -> dict[str, Any]:
+        """The decoder processes, bounded like the daemon: all N alive in every sample after
+        warm-up, none restarted, their summed RSS grown by less than rss_bound_mb."""
+        if not self.decoder_processes:
+            return {}
+        growth = statistics.median(s.decoder_rss_mb for s in warm[-3:]) - statistics.median(
+            s.decoder_rss_mb for s in warm[:3]
+        )
+        counts = [s.decoders for s in warm]
+        return {
+            "decoder_processes": {"min": min(counts), "max": max(counts)},
+            "decoders_ok": set(counts) == {self.decoder_processes},
+            "decoder_restarts": self.samples[-1].decoder_restarts,
+            "decoder_restarts_ok": self.samples[-1].decoder_restarts == 0,
+            "decoder_rss_mb": {"after_warmup": warm[0].decoder_rss_mb,
+                               "end": warm[-1].decoder_rss_mb,
+                               "max": max(s.decoder_rss_mb for s in self.samples)},
+            "decoder_rss_growth_mb": round(growth, 1),
+            "decoder_rss_ok": growth < self.rss_bound_mb,
         }  # fmt: skip
 
     def tracked_bound(self) -> int:
@@ -400,6 +479,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--thread-bound", type=int, default=2)
     p.add_argument("--outage-every-min", type=float, default=60.0, help="0: no outages")
     p.add_argument("--outage-s", type=float, default=60.0)
+    p.add_argument(
+        "--decoder-processes",
+        type=int,
+        default=0,
+        help="the daemon's [gateway] decoder_processes (0: LLRP decoded in the daemon)",
+    )
     return p.parse_args(argv)
 
 
@@ -410,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_min=args.warmup_min, rss_bound_mb=args.rss_bound_mb,
         slope_bound_mb_h=args.slope_bound_mb_h, fd_bound=args.fd_bound,
         thread_bound=args.thread_bound, outage_every_min=args.outage_every_min,
-        outage_s=args.outage_s,
+        outage_s=args.outage_s, decoder_processes=args.decoder_processes,
     )  # fmt: skip
     result = soak.run()
     print(json.dumps(result))

@@ -9,22 +9,28 @@
 * SIGKILL (the broker loses what it had not saved, so the IMS may miss messages the broker had
   acknowledged: MQTT's limit, not the gateway's): the gateway's side is what is asserted — every
   appended message acknowledged exactly once (outbox empty; the acked counter equals the
-  appended one) and never two ids under one seq at the IMS.
+  appended one) and never two ids under one seq at the IMS. It runs twice: as written (the
+  capture replayed in the gateway process) and on the multi-process read path (the same reads
+  played by a simulated LLRP reader over TCP, decoded in one decoder process).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from simulators.llrp import ReaderSpec, SimServer
 from tests.support.broker import Broker
-from tests.support.chaos import persistent_broker
+from tests.support.chaos import DECODING, persistent_broker
 from tests.support.gateway import ListenProcess, fc_edge, gateway_toml
 from tests.support.helpers import free_port, wait_for
 from tests.support.spine import ZONE_READER, write_zone_capture
@@ -38,16 +44,56 @@ from tools.simsite import (
     wait_connected,
 )
 
+ZONE_LLRP_READER = """
+[[readers]]
+name = "zone-1"
+driver = "llrp"
+host = "127.0.0.1"
+port = {port}
+[readers.antennas]
+1 = {{ location = "STAGING", read_point = "stg-1" }}
+"""
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@contextmanager
+def zone_reader(capture: Path, decoders: int) -> Iterator[str]:
+    """The zone reader's [[readers]] table. In-process: the capture replayed by the gateway,
+    as these tests were written. With decoder processes: the capture's reads played, at their
+    times, by a simulated LLRP reader over TCP (buffered until the gateway's ROSpec starts,
+    as an Impinj reader does), so that they are decoded in a decoder process."""
+    if not decoders:
+        yield ZONE_READER.format(capture=capture, speed=1.0)
+        return
+    with capture.open() as f:
+        reads = [(r["t"], r["antenna"], r["epc"], r["rssi"]) for r in map(json.loads, f)]
+    spec = ReaderSpec("zone-1", reads=reads, buffer_reads=66_000)
+    with SimServer([spec]).running() as sim:
+        yield ZONE_LLRP_READER.format(port=sim.reader("zone-1").port)
+        stats = sim.reader("zone-1").status()["stats"]
+        dropped = {k: n for k, n in stats.items() if k.startswith("reads_dropped") and n}
+        assert not dropped, f"the simulated reader dropped reads: {stats}"
+
 
 def zone_gateway(
-    tmp_path: Path, broker: Broker, capture: Path, *, max_bytes: str, metrics_port: int
+    tmp_path: Path,
+    broker: Broker,
+    reader: str,
+    *,
+    max_bytes: str,
+    metrics_port: int,
+    decoders: int = 0,
 ) -> Path:
     text = gateway_toml(
         tmp_path / "state",
         broker.url,
-        ZONE_READER.format(capture=capture, speed=1.0),
+        reader,
         outbox=f'max_bytes = "{max_bytes}"\nwhen_full = "drop_oldest"',
         metrics_port=metrics_port,
+    )
+    text = text.replace(
+        "shutdown_timeout_s = 5", f"shutdown_timeout_s = 5\ndecoder_processes = {decoders}"
     )
     # A test's outages last seconds to a minute: come back within 2 s of the broker, not 30.
     text = text.replace(
@@ -75,7 +121,13 @@ def test_broker_restarted_three_times_in_three_minutes_at_2k_movements_per_s(
     # its last read: from t=32 s on, 2k movements a second.
     epcs = write_zone_capture(capture, 150_000, per_second=1000, reads_each=4)
     metrics_port = free_port()
-    conf = zone_gateway(tmp_path, broker, capture, max_bytes="1GB", metrics_port=metrics_port)
+    conf = zone_gateway(
+        tmp_path,
+        broker,
+        ZONE_READER.format(capture=capture, speed=1.0),
+        max_bytes="1GB",
+        metrics_port=metrics_port,
+    )
     listen = ListenProcess(
         tmp_path, broker.url, "S1", "--streams", "movements,dropped", "--client-id", "ims-broker"
     )
@@ -134,13 +186,48 @@ def test_broker_restarted_three_times_in_three_minutes_at_2k_movements_per_s(
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_broker_sigkilled_every_message_acknowledged_exactly_once(tmp_path: Path) -> None:
+@DECODING
+def test_broker_sigkilled_every_message_acknowledged_exactly_once(
+    tmp_path: Path, decoders: int
+) -> None:
     broker = persistent_broker(tmp_path)
     capture = tmp_path / "zone.jsonl"
     write_zone_capture(capture, 30_000, per_second=500, reads_each=4)  # 60 s of arrivals
     metrics_port = free_port()
     url = f"http://127.0.0.1:{metrics_port}"
-    conf = zone_gateway(tmp_path, broker, capture, max_bytes="1GB", metrics_port=metrics_port)
+    try:
+        with zone_reader(capture, decoders) as reader:
+            conf = zone_gateway(
+                tmp_path, broker, reader, max_bytes="1GB", metrics_port=metrics_port,
+                decoders=decoders,
+            )  # fmt: skip
+            run = sigkill_the_broker_four_times(tmp_path, broker, conf, url)
+    finally:
+        broker.stop()
+    kills, samples, last, listen = run
+    running = metric(samples, "fc_edge_decoder_processes")
+    assert running == decoders, f"{running:g} decoder processes ran, not {decoders}"
+    assert metric(samples, "fc_edge_decoder_restarts_total") == 0
+    appended = metric(samples, "fc_edge_outbox_appended_messages_total")
+    acked = metric(samples, "fc_edge_publisher_acked_messages_total")
+    assert kills == 4
+    assert appended == sum(last.values()) == 60_000, (appended, last)
+    assert acked == appended, (
+        f"each appended message acknowledged once: {acked} acks, {appended} appended"
+    )
+    assert outbox_depth(tmp_path / "state") == 0
+    ids_of_seq: dict[int, set[str]] = {}
+    for m in by_stream(listen.lines()).get("movements", []):
+        ids_of_seq.setdefault(m["seq"], set()).add(m["id"])
+    assert ids_of_seq and max(len(ids) for ids in ids_of_seq.values()) == 1, "a seq under two ids"
+
+
+def sigkill_the_broker_four_times(
+    tmp_path: Path, broker: Broker, conf: Path, url: str
+) -> tuple[int, Samples, dict[str, int], ListenProcess]:
+    """The gateway on `conf`, the broker SIGKILLed four times under its load, until all of it
+    is out; then SIGTERM. Returns the kills, the last /metrics, the outbox's last-appended seqs
+    and the IMS (stopped)."""
     listen = ListenProcess(
         tmp_path, broker.url, "S1", "--streams", "movements,dropped", "--client-id", "ims-kill"
     )
@@ -174,16 +261,4 @@ def test_broker_sigkilled_every_message_acknowledged_exactly_once(tmp_path: Path
             gw.kill()
         log.close()
         listen.stop()
-        broker.stop()
-    appended = metric(samples, "fc_edge_outbox_appended_messages_total")
-    acked = metric(samples, "fc_edge_publisher_acked_messages_total")
-    assert kills == 4
-    assert appended == sum(last.values()) == 60_000, (appended, last)
-    assert acked == appended, (
-        f"each appended message acknowledged once: {acked} acks, {appended} appended"
-    )
-    assert outbox_depth(tmp_path / "state") == 0
-    ids_of_seq: dict[int, set[str]] = {}
-    for m in by_stream(listen.lines()).get("movements", []):
-        ids_of_seq.setdefault(m["seq"], set()).add(m["id"])
-    assert ids_of_seq and max(len(ids) for ids in ids_of_seq.values()) == 1, "a seq under two ids"
+    return kills, samples, last, listen

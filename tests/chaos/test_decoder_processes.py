@@ -26,9 +26,11 @@ import pytest
 
 from simulators.llrp import ReaderSpec, SimServer
 from tests.support.broker import Broker
+from tests.support.chaos import alive, wait_ended
 from tests.support.gateway import ListenProcess, fc_edge, gateway_head, llrp_zone_readers
 from tests.support.helpers import free_port, wait_for
 from tests.support.llrp_driving import EPCS_PER_READER, field_epc, field_reads
+from tools.soak import decoder_pids
 
 READERS = ("r1", "r2", "r3")
 
@@ -69,32 +71,6 @@ def metric(port: int, name: str, **labels: str) -> float:
         if key.split("{")[0] == name and all(f'{k}="{v}"' in key for k, v in labels.items()):
             total += value
     return total
-
-
-def decoder_pids(gateway_pid: int) -> list[int]:
-    """The gateway's live decoder processes (children running drivers.llrp_worker)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == gateway_pid and b"drivers.llrp_worker" in cmdline and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def worker_of(gateway_pid: int, reader: str, port: int) -> int:
@@ -195,7 +171,7 @@ def test_kill_9_of_the_gateway_leaves_no_decoder_process(tmp_path: Path, broker:
         assert len(children) == 2
         gw.kill()
         gw.wait(10)
-        wait_for(lambda: not any(alive(pid) for pid in children), timeout=10)
+        wait_ended(children)
 
 
 def data_fd(pid: int) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.soak import Soak
+from tools.soak import Sample, Soak
 
 
 @pytest.mark.slow
@@ -34,3 +34,42 @@ def test_ten_minute_soak_memory_fds_threads_and_state_stay_bounded(tmp_path: Pat
     assert result["clean_exit"], summary
     assert result["ims_complete"], result["problems"]
     assert result["ok"]
+
+
+def samples(decoders: list[int], rss_mb: list[float], restarts: float = 0.0) -> list[Sample]:
+    return [
+        Sample(
+            t_s=10.0 * i,
+            rss_mb=50.0,
+            fds=20,
+            threads=6,
+            tracked=100,
+            depth=0,
+            reads=0.0,
+            appended=0.0,
+            acked=0.0,
+            decoders=n,
+            decoder_rss_mb=mb,
+            decoder_restarts=restarts,
+        )
+        for i, (n, mb) in enumerate(zip(decoders, rss_mb, strict=True))
+    ]
+
+
+def test_the_soak_bounds_the_decoder_processes_like_the_daemon(tmp_path: Path) -> None:
+    """`--decoder-processes N`: all N alive in every sample after warm-up, none restarted,
+    their summed RSS grown by less than the daemon's bound (fast: the verdict alone)."""
+    soak = Soak(minutes=1, workdir=tmp_path, decoder_processes=2)
+    steady = samples([2] * 8, [60.0] * 4 + [70.0] * 4)
+    soak.samples = steady
+    verdict = soak.decoder_checks(steady)
+    assert verdict["decoders_ok"] and verdict["decoder_rss_ok"] and verdict["decoder_restarts_ok"]
+    assert verdict["decoder_rss_growth_mb"] == 10.0
+    one_missing = samples([2, 2, 2, 1, 2, 2, 2, 2], [60.0] * 8)
+    assert not soak.decoder_checks(one_missing)["decoders_ok"]
+    grown = samples([2] * 8, [60.0] * 4 + [80.5] * 4)
+    assert not soak.decoder_checks(grown)["decoder_rss_ok"]
+    soak.samples = samples([2] * 8, [60.0] * 8, restarts=1)
+    assert not soak.decoder_checks(soak.samples)["decoder_restarts_ok"]
+    # Decoding in the daemon: nothing of the kind is judged (nor reported).
+    assert Soak(minutes=1, workdir=tmp_path).decoder_checks(steady) == {}
