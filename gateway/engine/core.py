@@ -247,6 +247,9 @@ class Engine:
         self._index: dict[str, int] = {}
         self._epc: list[str | None] = []
         self._free: list[int] = []
+        # A tag not yet placed: its reads per location since its first read, [count, level]
+        # (see _tally_contest); only tags with a tentative estimate have one.
+        self._tally: dict[int, dict[int, list[float]]] = {}
         self._loc = array("h")  # current location estimate (NONE: unknown)
         self._tentative = array("b")  # 1: the estimate is not confirmed yet (nothing announced)
         self._n_cur = array("H")  # reads behind a tentative estimate
@@ -820,6 +823,7 @@ class Engine:
             self._forget_estimate(i)
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
+        self._tally_read(i, lid, rssi)
         c = self._cand[i]
         if c != NONE and self._k_lead[i] > 0:
             self._k_lead[i] -= 1
@@ -848,6 +852,7 @@ class Engine:
         the tag's history, but it is evidence that the tag was there from its time on; it
         counts toward the confirmation, judged at the tag's newest read. (Else a tag read once
         live and then only in the backlog would never arrive.)"""
+        self._tally_read(i, lid, rssi)
         n = self._n_cur[i]
         if n < 65535:
             self._n_cur[i] = n + 1
@@ -861,6 +866,7 @@ class Engine:
     ) -> None:
         """A tentative estimate, confirmed by more evidence (see _tentative_progress)."""
         self._tentative_at(i, lid, rssi, t, 1, t)
+        self._tally[i] = {lid: [1, rssi]}
         self._set_evidence(i, t)
         self._tentative_progress(i, t, read.reader, place, step)
 
@@ -872,6 +878,7 @@ class Engine:
         self._loc[i] = NONE
         self._tentative[i] = 0
         self._n_cur[i] = 0
+        self._tally.pop(i, None)
         self._clear_evidence(i)
 
     def _challenge(
@@ -894,6 +901,8 @@ class Engine:
             self._forget_estimate(i)  # stale, never confirmed: this read is a first sighting
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
+        if is_tentative:
+            self._tally_read(i, lid, rssi)
         s_here = self._s_cur[i]
         if s_here != s_here:  # restored after a restart: assume it was here just as strongly
             s_here = rssi
@@ -1117,9 +1126,12 @@ class Engine:
             return
         self._confirm_tentative(i, t, source, _via(place), step)
 
-    def _confirm_tentative(self, i: int, t: int, source: str, via: str | None, step: Step) -> None:
+    def _confirm_tentative(
+        self, i: int, t: int, source: str, via: str | None, step: Step, ended: bool = False
+    ) -> None:
         """Announce a tentative estimate that has held for its confirm_s (see
-        _tentative_progress), unless another location contests it."""
+        _tentative_progress), unless another location contests it. `ended`: the tag is read
+        no more (judged at the absence horizon): the contest is decided as it stands."""
         n = self._n_cur[i]
         loc = self.locs[self._loc[i]]
         since = self._t_since[i]
@@ -1136,6 +1148,8 @@ class Engine:
             ):
                 return  # a close contest: neither _FIRST_OUTREAD more reads nor the threshold
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending
+        if not self._portal_side[self._loc[i]] and not self._tally_decides(i, t, step, ended):
+            return
         if not self._portal_side[self._loc[i]]:
             # In a zone, from the sighting's first read (its evidence began there): a tag heard
             # first by a neighbour, then out-read there, was where it is since then.
@@ -1143,10 +1157,80 @@ class Engine:
         loc.sightings += 1
         self._tentative[i] = 0
         self._t_since[i] = t
+        self._tally.pop(i, None)
         self._clear_evidence(i)
         # Dated by the first read of the evidence that confirmed it: the tag was there then.
         observed = Observed(n, float(self._s_cur[i]), since, t)
         self._emit(i, None, loc, since, source, via, observed, step)
+
+    def _tally_read(self, i: int, lid: int, rssi: float) -> None:
+        """Count a read of a tag not yet placed, evidence or not, toward its location's tally."""
+        tally = self._tally.get(i)
+        if tally is None:
+            self._tally[i] = tally = {}
+        entry = tally.get(lid)
+        if entry is None:
+            tally[lid] = [1, rssi]
+        else:
+            entry[0] += 1
+            entry[1] += self.locs[lid].alpha * (rssi - entry[1])
+
+    def _tally_contest(self, i: int) -> tuple[int, bool]:
+        """The first sighting's contest against every location that read the tag since its
+        first read (the challenger is only the latest of them: on a dense floor three zones
+        hear a new tag, and the one out-reading the tentative estimate may not be the one
+        read last). Each is judged as the challenger is in _confirm_tentative: the tentative
+        location is conclusive over it with _FIRST_OUTREAD more reads, or the threshold over
+        its level on at least as many reads (or _OUTREAD). Returns (NONE, False) when it is
+        over every one; else the rival, and whether that rival out-reads it
+        (_out_reads_tentative's rule: _FIRST_OUTREAD more reads, within the threshold)."""
+        tally = self._tally.get(i)
+        cur = self._loc[i]
+        if tally is None or cur not in tally:
+            return NONE, False
+        n_here, s_here = tally[cur]
+        threshold = self.locs[cur].threshold
+        close, n_close = NONE, 0.0
+        for lid, (n, s) in tally.items():
+            if lid == cur:
+                continue
+            if n - n_here >= _FIRST_OUTREAD and s_here - s < threshold:
+                return lid, True
+            if n_here - n >= _FIRST_OUTREAD or (
+                s_here - s >= threshold and n_here >= min(n, _OUTREAD)
+            ):
+                continue
+            if close == NONE or n > n_close:
+                close, n_close = lid, n
+        return close, False
+
+    def _tally_decides(self, i: int, t: int, step: Step, ended: bool) -> bool:
+        """Whether a first sighting in a zone may be confirmed where it tentatively is, by its
+        tally (_tally_contest). A rival that out-reads it takes the estimate; a close contest
+        waits for more reads (a check is booked for when they end) or, once they ended, goes
+        to the location with more reads (ties: where it is)."""
+        rival, outreads = self._tally_contest(i)
+        if rival == NONE:
+            return True
+        cur = self._loc[i]
+        tally = self._tally[i]
+        if not outreads and not ended:
+            gap = self.locs[cur].gap_us
+            self._book(i, (self._seen[i] + gap) // self._tick_us + 2)
+            return False
+        if not outreads and tally[rival][0] <= tally[cur][0]:
+            return True
+        n, s = tally[rival]
+        if self._cand[i] != NONE:
+            self._drop_evidence(i, "outvoted")
+        self._drop_current_evidence(i)
+        self._tentative_at(i, rival, s, t, min(int(n), 65535), self._t_since[i])
+        if ended:
+            source, via = self._sighted_by[rival]
+            self._confirm_tentative(i, t, source, via, step, ended)
+        else:
+            self._book(i, t // self._tick_us + 1)
+        return False
 
     def _drop_current_evidence(self, i: int) -> None:
         n = self._n_cur[i]
@@ -1254,6 +1338,7 @@ class Engine:
         epc = self._epc[i]
         if epc is not None:
             del self._index[epc]
+        self._tally.pop(i, None)
         self._clear_evidence(i)
         self._epc[i] = None
         self._due[i] = 0
@@ -1371,7 +1456,8 @@ class Engine:
             # A first sighting whose reads ended before its confirm_s (a tag passing through a
             # tunnel or a door): every read up to the horizon is judged and none contradicted it.
             source, via = self._sighted_by[cur]
-            self._confirm_tentative(i, horizon, source, via, step)
+            ended = horizon - seen > self.locs[cur].gap_us
+            self._confirm_tentative(i, horizon, source, via, step, ended)
             if not self._tentative[i]:
                 return
         if cur != NONE and self._present(i):
@@ -1411,6 +1497,7 @@ class Engine:
         if self._cand[i] != NONE:
             self._drop_evidence(i, "outvoted")
         self._tentative[i] = 0
+        self._tally.pop(i, None)
         self._clear_evidence(i)
         self._t_since[i] = t
         if movement.type == "departed" or movement.to is None:

@@ -198,6 +198,9 @@ class Engine:
         self._index: dict[str, int] = {}
         self._epc: list[str | None] = []
         self._free: list[int] = []
+        # Per tag not yet placed: reads per location since its first read, and their level.
+        self._heard: dict[int, dict[int, int]] = {}
+        self._heard_level: dict[int, dict[int, float]] = {}
         self._loc = array("h")  # current location estimate (NONE: unknown)
         self._tentative = array("b")  # 1: the estimate is not confirmed yet (nothing announced)
         self._n_cur = array("H")  # reads behind a tentative estimate
@@ -644,6 +647,7 @@ class Engine:
             self._forget_estimate(i)
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
+        self._hear(i, lid, rssi)
         c = self._cand[i]
         if c != NONE and self._k_lead[i] > 0:
             self._k_lead[i] -= 1
@@ -668,6 +672,7 @@ class Engine:
         self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
     ) -> None:
         """An older read where the tag tentatively is: evidence, not a reordering."""
+        self._hear(i, lid, rssi)
         if self._n_cur[i] < 65535:
             self._n_cur[i] += 1
         if t < self._t_since[i]:
@@ -680,6 +685,8 @@ class Engine:
     ) -> None:
         """A tentative estimate, confirmed by more evidence (see _tentative_progress)."""
         self._tentative_at(i, lid, rssi, t, 1, t)
+        self._forget_heard(i)
+        self._hear(i, lid, rssi)
         self._set_evidence(i, t)
         self._tentative_progress(i, t, read.reader, place, step)
 
@@ -691,6 +698,7 @@ class Engine:
         self._loc[i] = NONE
         self._tentative[i] = 0
         self._n_cur[i] = 0
+        self._forget_heard(i)
         self._clear_evidence(i)
 
     def _challenge(
@@ -713,6 +721,8 @@ class Engine:
             self._forget_estimate(i)  # stale, never confirmed: this read is a first sighting
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
+        if is_tentative:
+            self._hear(i, lid, rssi)
         s_here = self._s_cur[i]
         if s_here != s_here:  # restored after a restart: assume it was here just as strongly
             s_here = rssi
@@ -919,7 +929,9 @@ class Engine:
             return
         self._confirm_tentative(i, t, source, _via(place), step)
 
-    def _confirm_tentative(self, i: int, t: int, source: str, via: str | None, step: Step) -> None:
+    def _confirm_tentative(
+        self, i: int, t: int, source: str, via: str | None, step: Step, ended: bool = False
+    ) -> None:
         n = self._n_cur[i]
         loc = self.locs[self._loc[i]]
         since = self._t_since[i]
@@ -937,15 +949,77 @@ class Engine:
                 return  # a close contest
             self._drop_evidence(i, "outvoted")  # it lost: the decision leaves nothing pending
         portal_sides = {p.location for p in self.config.places.values() if p.portal is not None}
-        if loc.name not in portal_sides:  # a zone: from the sighting's first read
-            since = min(since, self._ev[i])
+        if loc.name not in portal_sides:
+            if not self._heard_settles(i, t, step, ended):
+                return
+            since = min(since, self._ev[i])  # a zone: from the sighting's first read
         loc.sightings += 1
         self._tentative[i] = 0
         self._t_since[i] = t
+        self._forget_heard(i)
         self._clear_evidence(i)
         # Dated by the first read of the evidence that confirmed it: the tag was there then.
         observed = Observed(n, float(self._s_cur[i]), since, t)
         self._emit(i, None, loc, since, source, via, observed, step)
+
+    def _hear(self, i: int, lid: int, rssi: float) -> None:
+        counts = self._heard.setdefault(i, {})
+        levels = self._heard_level.setdefault(i, {})
+        if lid in counts:
+            counts[lid] += 1
+            levels[lid] += self.locs[lid].alpha * (rssi - levels[lid])
+        else:
+            counts[lid] = 1
+            levels[lid] = rssi
+
+    def _forget_heard(self, i: int) -> None:
+        self._heard.pop(i, None)
+        self._heard_level.pop(i, None)
+
+    def _heard_settles(self, i: int, t: int, step: Step, ended: bool) -> bool:
+        """A first sighting in a zone against every other zone that heard the tag since its
+        first read: confirmed only when over each by _FIRST_OUTREAD reads, or by the threshold
+        on as many reads (or _OUTREAD). One that out-reads it by _FIRST_OUTREAD within the
+        threshold takes it; a close contest waits while the tag is read, and once its reads
+        ended goes to the one with more reads (ties: where it is)."""
+        cur = self._loc[i]
+        counts, levels = self._heard.get(i, {}), self._heard_level.get(i, {})
+        if cur not in counts:
+            return True
+        mine, level = counts[cur], levels[cur]
+        threshold = self.locs[cur].threshold
+        taker, contested = NONE, NONE
+        for lid in counts:
+            if lid == cur:
+                continue
+            more = counts[lid] - mine
+            if more >= _FIRST_OUTREAD and level - levels[lid] < threshold:
+                taker = lid
+                break
+            settled = -more >= _FIRST_OUTREAD or (
+                level - levels[lid] >= threshold and mine >= min(counts[lid], _OUTREAD)
+            )
+            if not settled and (contested == NONE or counts[lid] > counts[contested]):
+                contested = lid
+        if taker == NONE and contested == NONE:
+            return True
+        if taker == NONE and not ended:
+            self._book(i, (self._seen[i] + self.locs[cur].gap_us) // self._tick_us + 2)
+            return False
+        if taker == NONE:
+            if counts[contested] <= mine:
+                return True
+            taker = contested
+        if self._cand[i] != NONE:
+            self._drop_evidence(i, "outvoted")
+        self._drop_current_evidence(i)
+        self._tentative_at(i, taker, levels[taker], t, min(counts[taker], 65535), self._t_since[i])
+        if not ended:
+            self._book(i, t // self._tick_us + 1)
+            return False
+        source, via = self._sighted(taker)
+        self._confirm_tentative(i, t, source, via, step, ended)
+        return False
 
     def _book_confirmation(self, i: int) -> None:
         """Look at a tentative estimate again when it has been held for its confirm_s."""
@@ -1058,6 +1132,7 @@ class Engine:
         epc = self._epc[i]
         if epc is not None:
             del self._index[epc]
+        self._forget_heard(i)
         self._clear_evidence(i)
         self._epc[i] = None
         self._due[i] = 0
@@ -1165,7 +1240,8 @@ class Engine:
         ):
             # A first sighting whose reads ended before its confirm_s: nothing contradicted it.
             source, via = self._sighted(cur)
-            self._confirm_tentative(i, horizon, source, via, step)
+            ended = horizon - seen > self.locs[cur].gap_us
+            self._confirm_tentative(i, horizon, source, via, step, ended)
             if not self._tentative[i]:
                 return
         if cur != NONE and self._present(i):
@@ -1205,6 +1281,7 @@ class Engine:
         if self._cand[i] != NONE:
             self._drop_evidence(i, "outvoted")
         self._tentative[i] = 0
+        self._forget_heard(i)
         self._clear_evidence(i)
         self._t_since[i] = t
         if movement.type == "departed" or movement.to is None:

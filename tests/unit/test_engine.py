@@ -256,10 +256,13 @@ def test_one_weak_stray_does_not_hold_off_a_first_sightings_real_location() -> N
     # that one read was "fresh" (its holdoff) it held off every strong read at A. By then B had
     # been read more often than A: there B was confirmed and the tag "moved" to A 3 s later;
     # here no location ever won. A single read is no evidence to protect.
+    # (B's cross-reads are 7 dB down: at exactly the threshold, 6 dB, B's reads -- half as many
+    # again as A's -- out-read A within it, and B takes the tag by _out_reads_tentative's rule,
+    # which the first-sighting tally applies to every zone's reads since the first.)
     engine = Engine(site())
     reads = [TagRead(EPC, "zones", 2, -57, T0), TagRead(EPC, "dock", 2, -71, T0 + 40_000)]
     reads += reads_at("zones", 1, 0.07, 10, rssi=-52, every_s=0.15)
-    reads += reads_at("zones", 2, 0.25, 10, rssi=-58, every_s=0.1)
+    reads += reads_at("zones", 2, 0.25, 10, rssi=-59, every_s=0.1)
     assert kinds(run(engine, reads, 10)) == [("arrived", None, "A")]
 
 
@@ -836,3 +839,41 @@ def test_a_stale_one_read_challenger_does_not_stop_state_refreshes() -> None:
     gaps = [b - a for a, b in itertools.pairwise(refreshed)]
     assert max(gaps) <= 16_000_000, gaps  # zone: refreshed every 15 s
     assert refreshed[-1] >= T0 + 70_000_000
+
+
+def four_zones() -> EngineConfig:
+    """Zones A, B, C and D on one reader's antennas 1-4 (a dense store floor)."""
+    zone = NS(offsite=False, biz_step=None, disposition=None, profile=None)
+    ants = {k: NS(location=z, read_point=None, rssi_offset_db=0.0) for k, z in enumerate("ABCD", 1)}
+    return EngineConfig.build([("floor", ants)], dict.fromkeys("ABCD", zone), {})
+
+
+def test_a_first_sighting_is_contested_by_every_zone_that_reads_it_not_only_the_last() -> None:
+    """A tag put down in A on a dense floor under fading (the first 2.8 s are a tuning
+    instance's reads: dense-floor+bursty seed 3). All four zones hear it; A reads it 8 times,
+    B 5, C 3 and D 4. The engine keeps one challenger: B took the tentative estimate on a
+    level lead, then single reads of C and D held the challenger's place, so A's reads counted
+    for nothing and the old engine confirmed B at 2.7 s (and moved the tag to A at 6.8 s: a
+    parked tag's false move). Counted against every zone that read it since its first read,
+    B's sighting is a close contest until A out-reads it; the arrival is A's, dated from the
+    first read."""
+    from tests.support import engine_reference
+
+    first = [
+        (0.018, "A", -53.0), (0.068, "B", -53.0), (0.334, "A", -59.0), (0.553, "A", -54.0),
+        (0.804, "C", -50.0), (0.935, "D", -57.0), (1.059, "B", -49.0), (1.194, "C", -53.0),
+        (1.516, "D", -58.0), (1.595, "A", -60.0), (1.631, "D", -52.0), (1.725, "B", -52.0),
+        (1.944, "A", -65.0), (1.994, "D", -57.0), (2.065, "A", -57.0), (2.131, "C", -61.0),
+        (2.134, "B", -54.0), (2.239, "A", -63.0), (2.524, "A", -64.0), (2.698, "B", -49.0),
+        (2.782, "A", -51.0),
+    ]  # fmt: skip
+    antenna = {z: k for k, z in enumerate("ABCD", 1)}
+    reads = [TagRead(EPC, "floor", antenna[z], r, T0 + round(t * 1e6)) for t, z, r in first]
+    reads += reads_at("floor", 1, 2.9, 30, rssi=-54, every_s=0.3)
+    reads += reads_at("floor", 2, 3.0, 30, rssi=-56, every_s=0.9)
+    reads += reads_at("floor", 3, 3.1, 30, rssi=-60, every_s=1.5)
+    reads += reads_at("floor", 4, 3.2, 30, rssi=-60, every_s=1.5)
+    for make in (Engine, PythonLoopEngine, engine_reference.Engine):
+        moves = run(make(four_zones()), reads, 30)
+        assert kinds(moves) == [("arrived", None, "A")], make
+        assert secs(moves[0]) == 0.018
