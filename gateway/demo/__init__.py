@@ -9,6 +9,8 @@ What runs (each its own process, every one of them the project's own command):
   * `fc-edge simulate llrp` with simulators/scenarios/demo-site.json: two dock portals
     (receiving, shipping), staging, a conveyor zone, a store floor and a returns counter;
   * `fc-edge simulate modbus` twice: a conveyor PLC and a robot cell (its moves are movements);
+  * `fc-edge simulate opcua --device robot`: a second robot cell, over OPC UA (its moves are
+    movements too, between UA-CELL-* locations of its own);
   * `fc-edge simulate tsl`: a handheld doing a cycle count of the store floor;
   * `fc-edge simulate vda5050 --vehicles 2`: two AMRs moving totes from racks to packing, on a
     fleet broker of their own (a second mosquitto; only when the demo runs its own broker);
@@ -70,6 +72,11 @@ STREAM_OF_SCHEMA = {
 }
 # The robot cell's station numbers (simulators/modbus: 1..4) -> demo-site.json locations.
 ROBOT_STATIONS = {"1": "CELL-IN", "2": "CELL-PICK-A", "3": "CELL-PICK-B", "4": "CELL-OUT"}
+# The OPC UA robot cell: the same station numbers (simulators/opcua: 1..4) but locations of its
+# own, so the two cells' moves (both simulators number their totes alike) stay apart.
+UA_ROBOT = "robot-cell-ua"
+UA_ROBOT_STATIONS = {code: f"UA-{name}" for code, name in ROBOT_STATIONS.items()}
+UA_ROBOT_MAP = EQUIPMENT_MAPS / "opcua" / "robot.toml"
 HANDHELD = "handheld-1"
 # The AMRs' VDA 5050 nodes (simulators/vda5050) -> locations of their own, and where a tote is
 # while a vehicle carries it.
@@ -307,6 +314,14 @@ def start_site(
         ),
         capture_stdout=True,
     )  # fmt: skip
+    ua_robot = children.start(
+        UA_ROBOT,
+        cli_argv(
+            "simulate", "opcua", "--device", "robot", "--listen", "127.0.0.1:0",
+            "--move-every-s", "1.5",
+        ),
+        capture_stdout=True,
+    )  # fmt: skip
     notes: list[str] = []
     handheld_port: int | None = None
     hh_path = workdir / "handheld-count.json"
@@ -332,6 +347,7 @@ def start_site(
         "conveyor-plc": int(first_json_line(conveyor)["port"]),
         "robot-cell": int(first_json_line(robot)["port"]),
     }
+    ua_robot_port = int(first_json_line(ua_robot)["port"])
     # HOOK (handheld): the TSL simulator is optional: if it fails, the demo goes on without
     # the handheld and says so, rather than failing the whole first five minutes.
     try:
@@ -349,6 +365,7 @@ def start_site(
         equipment_ports=equipment_ports,
         handheld_port=handheld_port,
         fleet=fleet,
+        ua_robot_port=ua_robot_port,
     )
     config_path = workdir / "demo.toml"
     write_config(raw, config_path)
@@ -356,7 +373,7 @@ def start_site(
         config_path=config_path,
         metrics_url=f"http://127.0.0.1:{metrics_port}",
         readers=sorted(readers_at["readers"]),
-        equipment=sorted([*equipment_ports, *(fleet[1] if fleet else [])]),
+        equipment=sorted([*equipment_ports, UA_ROBOT, *(fleet[1] if fleet else [])]),
         handheld=HANDHELD if handheld_port else None,
         notes=notes,
     )
@@ -370,10 +387,11 @@ def merge_config(
     equipment_ports: Mapping[str, int],
     handheld_port: int | None,
     fleet: tuple[str, Sequence[str]] | None = None,
+    ua_robot_port: int | None = None,
 ) -> dict[str, Any]:
     """The LLRP simulator's generated config (readers, locations, portals) plus the Modbus
-    equipment, the handheld, the AMRs (`fleet`: their broker and serial numbers), metrics on
-    a free port and demo-friendly timings."""
+    equipment, the OPC UA robot cell (on `ua_robot_port`), the handheld, the AMRs (`fleet`:
+    their broker and serial numbers), metrics on a free port and demo-friendly timings."""
     raw = json.loads(json.dumps(raw))  # a deep copy
     raw["gateway"] |= {"id": GATEWAY_ID, "shutdown_timeout_s": 10}
     # A demo's broker comes back after 20 s: reconnect within 2 s instead of up to 30 s.
@@ -397,6 +415,8 @@ def merge_config(
         if kind == "robot":
             entry["stations"] = dict(ROBOT_STATIONS)
         equipment.append(entry)
+    if ua_robot_port is not None:
+        equipment.append(ua_robot_entry(raw["locations"], ua_robot_port))
     if fleet is not None:
         equipment += amr_entries(raw["locations"], *fleet)
     raw["equipment"] = equipment
@@ -412,6 +432,24 @@ def merge_config(
             }
         )
     return raw
+
+
+def ua_robot_entry(locations: dict[str, Any], port: int) -> dict[str, Any]:
+    """The `opcua` entry of the second robot cell; its stations' locations added to
+    `locations` (they are not in demo-site.json, whose CELL-* are the Modbus cell's)."""
+    for name in UA_ROBOT_STATIONS.values():
+        locations.setdefault(name, {})
+    return {
+        "name": UA_ROBOT,
+        "driver": "opcua",
+        "url": f"opc.tcp://127.0.0.1:{port}",
+        "map": str(UA_ROBOT_MAP),
+        "interval_s": 0.25,
+        "stale_after_s": 5,
+        "status_interval_s": 30,
+        "reconnect_max_s": 2,
+        "stations": dict(UA_ROBOT_STATIONS),
+    }
 
 
 def amr_entries(
@@ -451,7 +489,8 @@ def write_config(raw: dict[str, Any], path: Path) -> None:
         raise DemoError("the merged demo config is invalid:\n  " + "\n  ".join(exc.lines)) from None
     header = (
         "# Written by `fc-edge demo`: the LLRP readers, locations and portals generated from\n"
-        "# simulators/scenarios/demo-site.json, plus the Modbus equipment and the TSL handheld.\n"
+        "# simulators/scenarios/demo-site.json, plus the Modbus and OPC UA equipment, the AMRs\n"
+        "# and the TSL handheld.\n"
         "# Check it with: fc-edge check-config -c " + str(path) + "\n"
     )
     path.write_text(header + toml_dumps(raw), encoding="utf-8")
@@ -500,6 +539,7 @@ class Watch:
     listen_err: TailFile
     movements: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=200))
     by_type: Counter[str] = field(default_factory=Counter)
+    by_source: Counter[str] = field(default_factory=Counter)  # movements per reporting device
     received: Counter[str] = field(default_factory=Counter)  # new messages per outbox stream
     seqs: dict[str, set[int]] = field(default_factory=dict)  # seqs received per outbox stream
     stock: dict[str, str] = field(default_factory=dict)  # epc / object id -> location
@@ -551,6 +591,7 @@ class Watch:
     def _movement(self, m: dict[str, Any]) -> None:
         self.movements.append(m)
         self.by_type[str(m.get("type"))] += 1
+        self.by_source[str(m.get("source"))] += 1
         key = m.get("epc") or m.get("object_id")
         if not key:
             return
@@ -616,6 +657,15 @@ class Watch:
     def devices(self) -> dict[str, dict[str, Any]]:
         devices: dict[str, dict[str, Any]] = self.ready.get("devices") or {}
         return devices
+
+    def devices_up(self) -> tuple[int, int]:
+        """How many devices /readyz shows up, of how many it lists."""
+        devices = self.devices()
+        return sum(1 for d in devices.values() if d.get("state") in UP_STATES), len(devices)
+
+    def equipment_bookings(self) -> dict[str, int]:
+        """Movements booked per equipment device (the robot cells' moves, the AMRs' totes)."""
+        return {name: self.by_source.get(name, 0) for name in sorted(self.site.equipment)}
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -727,7 +777,8 @@ class Demo:
         self.watch = Watch(self.site, TailFile(listen.out_path), TailFile(listen.log_path))
         self.say(
             f"site {site_name}: {len(self.site.readers)} LLRP readers, "
-            f"{len(self.site.equipment)} equipment (PLCs, robot cell, AMRs), handheld "
+            f"{len(self.site.equipment)} equipment (PLC, Modbus and OPC UA robot cells, AMRs), "
+            "handheld "
             f"{'yes' if self.site.handheld else 'no'}; scenario x{self.plan.speed}; metrics "
             f"{self.site.metrics_url}/metrics"
         )
@@ -861,6 +912,7 @@ class Demo:
         )
         gaps = len(w.gaps) if w.listen_summary is None else int(w.listen_summary.get("gaps", 0))
         drained = outbox.get("depth") == 0 and (o.drained_at is not None or not o.planned)
+        up, listed = w.devices_up()
         return {
             "demo": "summary",
             "site": self._site_name(),
@@ -870,6 +922,8 @@ class Demo:
             "counts": {"messages": w.counts, "epcs": w.counted_epcs},
             "equipment_events": sum(w.equipment_events.values()),
             "equipment_events_by_device": dict(sorted(w.equipment_events.items())),
+            "equipment_bookings": w.equipment_bookings(),
+            "devices_up": {"up": up, "of": listed},
             "stock": dict(sorted(w.stock_by_location().items())),
             "received": dict(sorted(w.received.items())),
             "outbox_last_seq": last_seq,
@@ -910,12 +964,11 @@ class Demo:
         self.last_line_at = now
         w = self.watch
         assert w is not None
-        devices = w.devices()
-        up = sum(1 for d in devices.values() if d.get("state") in UP_STATES)
+        up, listed = w.devices_up()
         self.say(
             f"{self.outage.phase(now):11}  movements {sum(w.by_type.values()):4}  "
             f"outbox {w.depth if w.depth is not None else '?':>4}  broker {w.broker_state:12}  "
-            f"devices {up}/{len(devices)} up  gaps {len(w.gaps)}"
+            f"devices {up}/{listed} up  gaps {len(w.gaps)}"
         )
 
     def render(self) -> Any:
@@ -931,6 +984,11 @@ class Demo:
                 f"movements: {r['movements_total']} ({moved}); counts {r['counts']['messages']}; "
                 f"equipment events {r['equipment_events']}; seq gaps {r['gaps']}"
                 + (f" ({r['gaps_filled_later']} filled later: out of order)" if r["gaps"] else "")
+            )
+            booked = ", ".join(f"{k} {v}" for k, v in r["equipment_bookings"].items()) or "none"
+            devices = r["devices_up"]
+            lines.append(
+                f"booked by equipment: {booked}; devices up {devices['up']}/{devices['of']}"
             )
             out = r["outage"]
             if out["observed"]:

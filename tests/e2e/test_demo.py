@@ -1,6 +1,7 @@
 """`fc-edge demo`: its pieces (plan, merged config, handheld script) checked fast, then the whole
-demo as a real subprocess — mosquitto, LLRP/Modbus/TSL simulators, gateway, listen, a broker
-outage — ending with every movement counted and nothing lost; and Ctrl-C leaving no child behind.
+demo as a real subprocess — mosquitto, LLRP/Modbus/OPC UA/TSL/VDA 5050 simulators, gateway,
+listen, a broker outage — ending with every movement counted and nothing lost; and Ctrl-C leaving
+no child behind.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def merged(tmp_path: Path, handheld_port: int | None = 4001) -> dict[str, Any]:
         metrics_port=9999,
         equipment_ports={"conveyor-plc": 6001, "robot-cell": 6002},
         handheld_port=handheld_port,
+        ua_robot_port=6003,
     )
 
 
@@ -70,6 +72,37 @@ def test_merged_config_is_one_valid_gateway_config_with_every_device(tmp_path: P
     assert settings.mqtt.reconnect_max_s <= 2
     robot = next(d for d in settings.equipment if d.name == "robot-cell")
     assert set(robot.options.stations.values()) <= set(settings.locations)
+
+
+def test_merged_config_has_the_opc_ua_robot_cell_beside_the_modbus_one(tmp_path: Path) -> None:
+    path = tmp_path / "demo.toml"
+    demo.write_config(merged(tmp_path), path)
+    settings = config_mod.load(path)
+    equipment = {d.name: d for d in settings.equipment}
+    ua, modbus = equipment[demo.UA_ROBOT], equipment["robot-cell"]
+    assert (ua.driver, modbus.driver) == ("opcua", "modbus")
+    assert ua.options.url == "opc.tcp://127.0.0.1:6003"
+    assert Path(ua.options.map) == demo.EQUIPMENT_MAPS / "opcua" / "robot.toml"
+    # Same station numbers, locations of its own: the two cells' moves never mix.
+    assert set(ua.options.stations) == set(modbus.options.stations) == {"1", "2", "3", "4"}
+    ua_locations = set(ua.options.stations.values())
+    assert ua_locations <= set(settings.locations)
+    assert not ua_locations & set(modbus.options.stations.values())
+
+
+def test_merged_config_without_the_opc_ua_robot_has_no_opc_ua_entry(tmp_path: Path) -> None:
+    raw = merged(tmp_path)
+    site = scenarios.load_scenario(demo.SITE_SCENARIO)
+    base = scenarios.gateway_config_text(
+        site, {n: 5000 for n in site.readers}, "127.0.0.1", state_dir=str(tmp_path / "s"),
+        mqtt_url="mqtt://127.0.0.1:1",
+    )  # fmt: skip
+    without = demo.merge_config(
+        tomllib.loads(base), metrics_port=9999, equipment_ports={}, handheld_port=None
+    )
+    assert demo.UA_ROBOT in {e["name"] for e in raw["equipment"]}
+    assert all(e["driver"] != "opcua" for e in without["equipment"])
+    assert not set(demo.UA_ROBOT_STATIONS.values()) & set(without["locations"])
 
 
 def test_merged_config_without_the_handheld_is_valid(tmp_path: Path) -> None:
@@ -110,18 +143,19 @@ def test_watch_reads_the_ims_output_and_the_live_view_renders(tmp_path: Path) ->
     lines = [
         movement(1, "arrived", "SHIP-DOCK", epc="3034257BF7194E40000003E8",
                  item={"gtin": "80614141123458", "serial": "1000"}),
-        movement(3, "moved", "CELL-OUT", object_id="TOTE-000001"),
+        movement(3, "moved", "UA-CELL-OUT", object_id="TOTE-000001", source=demo.UA_ROBOT),
         movement(2, "departed", None, epc="3034257BF7194E40000003E8"),
         {"schema": "fc-edge/equipment/1", "seq": 1, "device": "robot-cell", "event": "state"},
     ]  # fmt: skip
     out.write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"half a li')
     gap = {"event": "seq_gap", "gateway": "gw-demo", "stream": "movements", "from_seq": 2}
     err.write_text(json.dumps({**gap, "to_seq": 2}) + "\n")
-    site = demo.Site(tmp_path / "demo.toml", "http://127.0.0.1:1", [], [], None)
+    site = demo.Site(tmp_path / "demo.toml", "http://127.0.0.1:1", [], [demo.UA_ROBOT], None)
     watch = demo.Watch(site, demo.TailFile(out), demo.TailFile(err))
     watch.poll()  # nothing listens on port 1: the scrape just finds nothing
     assert watch.by_type == {"arrived": 1, "moved": 1, "departed": 1}
-    assert watch.stock == {"TOTE-000001": "CELL-OUT"}  # the departed EPC left the stock
+    assert watch.stock == {"TOTE-000001": "UA-CELL-OUT"}  # the departed EPC left the stock
+    assert watch.equipment_bookings() == {demo.UA_ROBOT: 1}
     assert watch.seqs == {"movements": {1, 2, 3}, "equipment": {1}}
     assert len(watch.gaps) == 1 and watch.equipment_events == {"robot-cell:state": 1}
 
@@ -132,8 +166,9 @@ def test_watch_reads_the_ims_output_and_the_live_view_renders(tmp_path: Path) ->
     watch.ready = {
         "broker": "disconnected",
         "outbox": {"depth": 42},
-        "devices": {"dock-01": {"state": "up"}},
+        "devices": {"dock-01": {"state": "up"}, demo.UA_ROBOT: {"state": "unreachable"}},
     }
+    assert watch.devices_up() == (1, 2)
     watch.depth_history.extend([0, 5, 42])
     console = Console(width=140, height=40, record=True, file=io.StringIO())
     console.print(demo.render_live(d))
@@ -142,7 +177,7 @@ def test_watch_reads_the_ims_output_and_the_live_view_renders(tmp_path: Path) ->
         "DEMO-FC",
         "80614141123458 #1000",
         "TOTE-000001",
-        "CELL-OUT",
+        "UA-CELL-OUT",
         "outbox depth",
         "dock-01",
     ):
@@ -150,6 +185,8 @@ def test_watch_reads_the_ims_output_and_the_live_view_renders(tmp_path: Path) ->
     figures = d.figures({"depth": 0, "last_seq": {"movements": 3, "equipment": 1}}, 0)
     assert figures["lost"] == {} and figures["gaps"] == 1 and figures["gaps_filled_later"] == 1
     assert figures["ok"] is False  # a reordering fails the check, as a loss would
+    assert figures["equipment_bookings"] == {demo.UA_ROBOT: 1}
+    assert figures["devices_up"] == {"up": 1, "of": 2}
     shutil.rmtree(d.workdir)
 
 
@@ -199,11 +236,12 @@ def test_demo_help_works_without_rich() -> None:
 
 def test_the_files_the_demo_reads_are_package_data() -> None:
     """What `fc-edge demo` reads from beside its code must ship in the wheel (pyproject.toml's
-    package-data): the LLRP site scenario and the Modbus maps of its conveyor and robot."""
+    package-data): the LLRP site scenario, the Modbus maps of its conveyor and robot and the
+    OPC UA map of its second robot."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     data = setuptools["package-data"]
     for path in (demo.SITE_SCENARIO, demo.EQUIPMENT_MAPS / "conveyor.toml",
-                 demo.EQUIPMENT_MAPS / "robot.toml"):  # fmt: skip
+                 demo.EQUIPMENT_MAPS / "robot.toml", demo.UA_ROBOT_MAP):  # fmt: skip
         assert path.is_file(), path
         package, rel = path.relative_to(ROOT).parts[0], path.relative_to(ROOT).parts[1:]
         assert any(Path(*rel).match(glob) for glob in data.get(package, [])), path
@@ -249,6 +287,11 @@ def test_demo_30s_counts_every_movement_through_a_broker_outage() -> None:
     # Every message the gateway ever put in its outbox reached the IMS, stream by stream.
     assert s["outbox_last_seq"]["movements"] == s["received"]["movements"] == s["movements_total"]
     assert s["handheld"] is True and s["counts"]["messages"] >= 1, "the handheld's count"
+    # Both robot cells, Modbus and OPC UA, booked moves; every device was up at the end.
+    booked = s["equipment_bookings"]
+    assert booked["robot-cell"] > 0 and booked[demo.UA_ROBOT] > 0, booked
+    assert s["devices_up"] == {"up": 12, "of": 12}, s["devices_up"]
+    assert f"{demo.UA_ROBOT} {booked[demo.UA_ROBOT]}" in out and "devices up 12/12" in out
     assert "where to look next" in out and "demo.toml" in out
     assert s["gateway_exit"] == 0 and s["ok"] is True and proc.returncode == 0, out[-4000:]
 
@@ -287,9 +330,9 @@ def test_ctrl_c_stops_every_child_process() -> None:
     # non-interactive shell (`make test-slow &`) hands SIGINT down as ignored, and Python then
     # keeps ignoring it: restore the default, as a terminal's foreground process has it.
     proc = run_demo("--duration-s", "60", "--no-tty", preexec_fn=_sigint_as_on_a_terminal)
-    # The broker, 4 simulators, listen and the gateway: 7 children once the site is up.
+    # The two brokers, 6 simulators, listen and the gateway: 10 children once the site is up.
     kids: set[int] = wait_for(
-        lambda: (lambda k: k if len(k) >= 7 else None)(children_of(proc.pid)), 60
+        lambda: (lambda k: k if len(k) >= 10 else None)(children_of(proc.pid)), 60
     )
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
