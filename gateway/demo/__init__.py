@@ -318,7 +318,7 @@ def start_site(
         UA_ROBOT,
         cli_argv(
             "simulate", "opcua", "--device", "robot", "--listen", "127.0.0.1:0",
-            "--move-every-s", "1.5",
+            "--move-every-s", "1.5", "--serial-offset", "500000",  # not the Modbus cell's ids
         ),
         capture_stdout=True,
     )  # fmt: skip

@@ -38,13 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-s", type=float, default=1.0, help="packml: seconds per PackML state")
     p.add_argument("--move-every-s", type=float, default=1.0, help="robot: seconds between moves")
     p.add_argument("--heartbeat-s", type=float, default=1.0)
+    p.add_argument(
+        "--serial-offset",
+        type=int,
+        default=0,
+        help="robot: added to every tote id and EPC serial (two robots on one site: 500000)",
+    )
     p.add_argument("--seed", type=int, default=1)
     return p
 
 
 def make_device(args: argparse.Namespace) -> SimulatedDevice:
     if args.device == "robot":
-        return RobotCell(move_every_s=args.move_every_s, heartbeat_s=args.heartbeat_s)
+        return RobotCell(
+            move_every_s=args.move_every_s,
+            heartbeat_s=args.heartbeat_s,
+            serial_offset=args.serial_offset,
+        )
     return PackMLTimeline(step_s=args.step_s, heartbeat_s=args.heartbeat_s, seed=args.seed)
 
 

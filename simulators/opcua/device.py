@@ -139,7 +139,9 @@ class PackMLTimeline(SimulatedDevice):
 class RobotCell(SimulatedDevice):
     """A robot that hands over a move record every `move_every_s`: it fills the record (odd
     seq: a tote id, even seq: an EPC ending in the seq; stations 1 -> 2 -> 3 -> 4 -> 1), raises
-    MoveFlag, and waits until the client writes the seq into MoveAck before the next."""
+    MoveFlag, and waits until the client writes the seq into MoveAck before the next. The tote
+    ids and EPC serials are the seq plus `serial_offset`, so that two robots on one site (the
+    demo's Modbus and OPC UA cells) move different objects."""
 
     kind: ClassVar[str] = "robot"
     object_name: ClassVar[str] = "Robot"
@@ -158,6 +160,7 @@ class RobotCell(SimulatedDevice):
 
     move_every_s: float = 1.0
     heartbeat_s: float = 1.0
+    serial_offset: int = 0
     frozen: bool = False
     heartbeat: int = 0
     seq: int = 0
@@ -200,8 +203,9 @@ class RobotCell(SimulatedDevice):
         self.from_station = (self.seq - 1) % 4 + 1
         self.to_station = self.seq % 4 + 1
         odd = self.seq % 2 == 1
-        self.tote = f"TOTE-{self.seq:06d}" if odd else ""
-        self.epc = "" if odd else f"30340242201D8840000{self.seq:05X}"
+        serial = self.seq + self.serial_offset
+        self.tote = f"TOTE-{serial:06d}" if odd else ""
+        self.epc = "" if odd else f"30340242201D8840000{serial:05X}"
         self.flag = True
 
     def written(self, name: str, value: Any, now: float) -> None:

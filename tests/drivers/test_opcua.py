@@ -498,3 +498,18 @@ def test_a_record_with_an_unknown_station_is_refused_and_never_acked() -> None:
     assert refused["seq"] == 1 and "station 2" in refused["reason"]
     assert robot.acked == [] and sink.moves == []
     assert driver.health().errors["bad_move"] >= 1
+
+
+def test_a_robots_serial_offset_numbers_its_totes_and_epcs_apart_from_another_robots() -> None:
+    """The demo runs a Modbus and an OPC UA robot cell: with the same ids the IMS's stock
+    view would put one robot's totes where the other moved its own."""
+    plain, offset = RobotCell(), RobotCell(serial_offset=500_000)
+    records = []
+    for robot in (plain, offset):
+        robot.tick(0.0)
+        for seq in (1, 2):
+            robot.tick(float(seq))
+            records.append((robot.tote, robot.epc))
+            robot.written("MoveAck", seq, float(seq))
+    assert records[:2] == [("TOTE-000001", ""), ("", "30340242201D884000000002")]
+    assert records[2:] == [("TOTE-500001", ""), ("", "30340242201D88400007A122")]
