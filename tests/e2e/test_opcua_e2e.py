@@ -84,7 +84,7 @@ stations = {{ 1 = "DOCK-01", 2 = "PICK-A", 3 = "PICK-B", 4 = "PACK" }}
 name = "packer-1"
 driver = "opcua"
 url = "opc.tcp://127.0.0.1:{port}"
-map = "{ROOT}/drivers/maps/opcua/packml.toml"
+map = "{ROOT}/config/equipment/packml-opcua.toml"
 interval_s = 0.5
 reconnect_max_s = 2
 """
