@@ -46,7 +46,7 @@ from drivers.modbus_map import (
     raw_value,
 )
 from drivers.options import ModbusOptions
-from drivers.runtime import Backoff
+from drivers.runtime import Backoff, raise_if_cancel_swallowed
 from gateway.model import Movement, now_us
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class ModbusDriver(EquipmentDriver):
                 next_poll = now
             await asyncio.sleep(next_poll - now)
             await self._poll_once(client)
+            raise_if_cancel_swallowed()  # (pymodbus' wait_for may have eaten the daemon's stop)
 
     async def close(self) -> None:
         client, self._client = self._client, None

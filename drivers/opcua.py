@@ -38,7 +38,7 @@ from drivers.equipment import (
 )
 from drivers.opcua_map import DecodeError, NodeMap, NodePoint, interpret, load_map
 from drivers.options import OPCUAOptions, secret_path
-from drivers.runtime import Backoff
+from drivers.runtime import Backoff, raise_if_cancel_swallowed
 from gateway.model import now_us
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class OPCUADriver(EquipmentDriver):
                 self.check_stale(self.map.heartbeat.name)
             self._maybe_status()
             await self._handshake()
+            raise_if_cancel_swallowed()  # (asyncua's and our wait_for may have eaten a stop)
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -39,6 +39,17 @@ class Backoff:
         return delay
 
 
+def raise_if_cancel_swallowed() -> None:
+    """Raise the cancellation a library swallowed. Python 3.11's asyncio.wait_for returns the
+    result when the awaited future completes just as the task is cancelled, and forgets the
+    cancel (pymodbus awaits every answer that way): a driver polling in a loop would then run
+    on past the daemon's stop, which waits for it until its shutdown timeout (exit 70). The
+    task still counts the request (Task.cancelling()), so a loop can honour it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def run_in_daemon_thread(
     fn: Callable[[], Any],
     name: str,

@@ -611,3 +611,37 @@ def test_any_register_values_never_escape(all_types_map: Path, words: list[list[
         driver.process(snapshot, 1_700_000_000_000_000 + t)
     for e in sink.events:
         assert e.data["event"] in {"state", "alarm", "counter", "stale", "recovered"}
+
+
+def test_a_stop_that_the_modbus_library_swallows_still_stops_the_driver(
+    loop: DriverLoop, sims: list[SimulatorThread]
+) -> None:
+    """Python 3.11's asyncio.wait_for, which pymodbus awaits every answer with, returns the
+    answer and forgets the cancel when both come at once. The driver then polled on past the
+    daemon's stop, which waited for it until its shutdown timeout (exit 70 in the Modbus
+    kill -9 test). The race cannot be called up on demand, so the read here swallows every
+    cancel the way wait_for does when it loses the race (a stand-in for that one moment; the
+    simulator, client and driver are real): the driver still stops."""
+    machine = PackMLMachine(script=False, heartbeat_s=0.05)
+    sim = serve(sims, machine)
+    driver = make_driver("filler-1", "packml", RecordingSink(), port=sim.server.port)
+
+    async def start() -> asyncio.Task[None]:
+        return asyncio.create_task(driver.run())
+
+    task = asyncio.run_coroutine_threadsafe(start(), loop.loop).result(5)
+    polls_after(driver, 3)
+    real_read = driver._read_block
+
+    async def read_that_swallows_a_cancel(*args: Any) -> Any:
+        try:
+            answer = await real_read(*args)
+            await asyncio.sleep(0.2)  # (the stop lands here, as it would in wait_for)
+            return answer
+        except asyncio.CancelledError:
+            return None  # what wait_for does when the answer is there as the cancel comes
+
+    driver._read_block = read_that_swallows_a_cancel  # type: ignore[method-assign]
+    polls_after(driver, 1)
+    loop.loop.call_soon_threadsafe(task.cancel)
+    wait_for(task.done, 10)
