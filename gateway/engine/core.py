@@ -37,7 +37,6 @@ from __future__ import annotations
 import heapq
 from array import array
 from bisect import bisect_right
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -251,10 +250,6 @@ class Engine:
         # A tag not yet placed: its reads per location since its first read, [count, level]
         # (see _tally_contest); only tags with a tentative estimate have one.
         self._tally: dict[int, dict[int, list[float]]] = {}
-        # A placed tag's challenger pushed out by a third location's read, kept to be taken up
-        # again if its location is read next (see _shelve): one per tag, only while contested.
-        self._shelf: dict[int, tuple[int, float, int, int, int, float, int, int, int]] = {}
-        self._shelved: deque[tuple[int, int]] = deque()  # (t, i) in shelving order: pruning
         self._loc = array("h")  # current location estimate (NONE: unknown)
         self._tentative = array("b")  # 1: the estimate is not confirmed yet (nothing announced)
         self._n_cur = array("H")  # reads behind a tentative estimate
@@ -351,7 +346,6 @@ class Engine:
         self._default_forget_us = max(
             (loc.forget_after_us for loc in self.locs), default=3_600_000_000
         )
-        self._longest_gap_us = max((loc.gap_us for loc in self.locs), default=self._gap_us)
 
     def _per_location_lists(self) -> None:
         """The numbers the hot loop needs, by location id (a list index beats an attribute)."""
@@ -829,8 +823,7 @@ class Engine:
             self._forget_estimate(i)
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
-        if i in self._tally:
-            self._tally_read(i, lid, rssi)
+        self._tally_read(i, lid, rssi)
         c = self._cand[i]
         if c != NONE and self._k_lead[i] > 0:
             self._k_lead[i] -= 1
@@ -859,8 +852,7 @@ class Engine:
         the tag's history, but it is evidence that the tag was there from its time on; it
         counts toward the confirmation, judged at the tag's newest read. (Else a tag read once
         live and then only in the backlog would never arrive.)"""
-        if i in self._tally:
-            self._tally_read(i, lid, rssi)
+        self._tally_read(i, lid, rssi)
         n = self._n_cur[i]
         if n < 65535:
             self._n_cur[i] = n + 1
@@ -874,7 +866,7 @@ class Engine:
     ) -> None:
         """A tentative estimate, confirmed by more evidence (see _tentative_progress)."""
         self._tentative_at(i, lid, rssi, t, 1, t)
-        self._tally.pop(i, None)
+        self._tally[i] = {lid: [1, rssi]}
         self._set_evidence(i, t)
         self._tentative_progress(i, t, read.reader, place, step)
 
@@ -939,7 +931,6 @@ class Engine:
             and c != lid
             and t - self._t_cand[i] <= self.locs[c].gap_us
             and (is_tentative or self._k_lead[i] > 0)
-            and (is_tentative or self._shelved_lead(i, lid, cur, t) <= self._k_lead[i])
         ):
             # Another location is gathering evidence: this read replaces it only when it beats
             # it as a challenger beats a current location, and only once that location has
@@ -959,25 +950,17 @@ class Engine:
                 self._suppress_stray(place, read.reader, c)
                 return
         if c != lid or t - self._t_cand[i] > new.gap_us:
-            shelved = None if is_tentative else self._unshelve(i, lid, cur, t)
-            kept_from = NO_EVIDENCE  # where the reads of a challenger shelved now begin
             if c != NONE:
-                if not is_tentative and c != lid:
-                    kept_from = self._shelve(i, c, cur, t)
                 self._drop_evidence(i, "outvoted")
-            if shelved is not None:
-                self._take_up(i, lid, shelved, rssi, t)
-            else:
-                self._cand[i] = lid
-                self._s_cand[i] = rssi
-                self._n_cand[i] = 1
-                self._k_lead[i] = 1
-                self._t_k0[i] = t
-                self._peak[i] = rssi
-                self._t_lead[i] = NEVER
-                self._set_evidence(i, t)
-                self._set_evidence(i, kept_from)  # its reads rebuild the shelf after a crash
-            s = self._s_cand[i]
+            self._cand[i] = lid
+            self._s_cand[i] = rssi
+            self._n_cand[i] = 1
+            self._k_lead[i] = 1
+            self._t_k0[i] = t
+            self._peak[i] = rssi
+            self._t_lead[i] = NEVER
+            s = rssi
+            self._set_evidence(i, t)
         else:
             s = self._s_cand[i]
             s += new.alpha * (rssi - s)
@@ -1059,7 +1042,6 @@ class Engine:
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
         self._k_lead[i] = 0
-        self._shelf.pop(i, None)  # challenged where it was: nothing to take up where it is
         self._clear_evidence(i)
         self._emit(i, old, self.locs[lid], lead, source, via, observed, step)
 
@@ -1070,89 +1052,6 @@ class Engine:
         within the threshold of its level (the close contest of _confirm_tentative, from the
         challenger's side): a tag is read far more often where it is."""
         return n - self._n_cur[i] >= _FIRST_OUTREAD and s_here - s < threshold
-
-    def _shelve(self, i: int, c: int, cur: int, t: int) -> int:
-        """Keep the challenger a third location's read is pushing out, if it was out-reading
-        the tag's location: on a dense floor the zone a tag was carried to and a neighbour
-        that hears it both challenge the old zone, and one strong read of the neighbour must
-        not throw away the count lead (and the change point that dates the move) the new zone
-        has gathered (_unshelve). Returns where its undecided evidence begins (NO_EVIDENCE:
-        nothing shelved, or nothing undecided)."""
-        if self._k_lead[i] <= 0 or t - self._t_cand[i] > self.locs[c].gap_us:
-            self._shelf.pop(i, None)
-            return NO_EVIDENCE
-        self._prune_shelf(t)
-        self._shelved.append((t, i))
-        self._shelf[i] = (
-            c,
-            self._s_cand[i],
-            self._n_cand[i],
-            self._k_lead[i],
-            self._t_k0[i],
-            self._peak[i],
-            self._ev[i],
-            cur,
-            t,
-        )
-        return self._ev[i]
-
-    def _prune_shelf(self, t: int) -> None:
-        """Drop what was shelved longer ago than any location's evidence gap: it can never be
-        taken up (_shelved_lead), and a dense floor shelves a challenger every few reads, so
-        the shelf holds only the last few seconds' (amortised O(1) per shelving)."""
-        shelved, shelf = self._shelved, self._shelf
-        oldest = t - self._longest_gap_us
-        while shelved and shelved[0][0] < oldest:
-            t_old, j = shelved.popleft()
-            entry = shelf.get(j)
-            if entry is not None and entry[8] == t_old:
-                del shelf[j]
-
-    def _shelved_lead(self, i: int, lid: int, cur: int, t: int) -> int:
-        """The count lead the challenger shelved for tag i at `lid` would hold now: its lead
-        less the reads the tag's location is likely to have made since it was shelved (the
-        tag's usual interval between reads there); 0 if none is shelved there, or stale."""
-        shelved = self._shelf.get(i)
-        if shelved is None:
-            return 0
-        c, _, _, k, _, _, _, was_at, t_shelved = shelved
-        if c != lid or was_at != cur or t - t_shelved > self.locs[c].gap_us:
-            return 0
-        v = self._iv[i]
-        return max(0, int(k - ((t - t_shelved) / v if v > 0.0 else 0.0)))
-
-    def _unshelve(
-        self, i: int, lid: int, cur: int, t: int
-    ) -> tuple[int, float, int, int, int, float, int, int, int] | None:
-        """The challenger shelved for tag i at `lid`, taken off the shelf with the count lead
-        it would hold now (_shelved_lead) in place of its own; None (the shelf left as it is)
-        when there is none there to take up."""
-        k_left = self._shelved_lead(i, lid, cur, t)
-        if k_left <= 0:
-            return None
-        c, s, n, _, t_k0, peak, ev, was_at, t_shelved = self._shelf.pop(i)
-        return (c, s, n, k_left, t_k0, peak, ev, was_at, t_shelved)
-
-    def _take_up(
-        self,
-        i: int,
-        lid: int,
-        shelved: tuple[int, float, int, int, int, float, int, int, int],
-        rssi: float,
-        t: int,
-    ) -> None:
-        """The shelved challenger is tag i's challenger again, this read added: its count
-        lead where it would be had it never left, its change point kept (the move is dated
-        from there), its lead on level to be shown again."""
-        _, s, n, k_left, t_k0, peak, ev, _, _ = shelved
-        self._cand[i] = lid
-        self._s_cand[i] = s + self.locs[lid].alpha * (rssi - s)
-        self._n_cand[i] = min(n + 1, 65535)
-        self._k_lead[i] = min(k_left + 1, 127)
-        self._t_k0[i] = t_k0
-        self._peak[i] = max(peak, rssi)
-        self._t_lead[i] = NEVER
-        self._set_evidence(i, min(ev, t))
 
     def _count_challenger_read(self, i: int, t: int) -> None:
         """One more read at the challenger's location, evidence or not: the count lead counts
@@ -1265,14 +1164,10 @@ class Engine:
         self._emit(i, None, loc, since, source, via, observed, step)
 
     def _tally_read(self, i: int, lid: int, rssi: float) -> None:
-        """Count a read of a tag not yet placed, evidence or not, toward its location's tally.
-        The tally starts with the first read elsewhere than the tentative estimate: until
-        then the estimate's read count and level are its tally (a tag read by one antenna
-        only, the common case and every stray, costs nothing)."""
+        """Count a read of a tag not yet placed, evidence or not, toward its location's tally."""
         tally = self._tally.get(i)
         if tally is None:
-            cur, s = self._loc[i], self._s_cur[i]
-            self._tally[i] = tally = {cur: [self._n_cur[i], s if s == s else rssi]}
+            self._tally[i] = tally = {}
         entry = tally.get(lid)
         if entry is None:
             tally[lid] = [1, rssi]
@@ -1444,7 +1339,6 @@ class Engine:
         if epc is not None:
             del self._index[epc]
         self._tally.pop(i, None)
-        self._shelf.pop(i, None)
         self._clear_evidence(i)
         self._epc[i] = None
         self._due[i] = 0

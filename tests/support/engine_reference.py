@@ -201,8 +201,6 @@ class Engine:
         # Per tag not yet placed: reads per location since its first read, and their level.
         self._heard: dict[int, dict[int, int]] = {}
         self._heard_level: dict[int, dict[int, float]] = {}
-        # Per placed tag: the challenger a third location's read pushed out (see _set_aside).
-        self._aside: dict[int, dict[str, float]] = {}
         self._loc = array("h")  # current location estimate (NONE: unknown)
         self._tentative = array("b")  # 1: the estimate is not confirmed yet (nothing announced)
         self._n_cur = array("H")  # reads behind a tentative estimate
@@ -649,8 +647,7 @@ class Engine:
             self._forget_estimate(i)
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
-        if i in self._heard:  # (heard elsewhere too: else n_cur and s_cur say it all)
-            self._hear(i, lid, rssi)
+        self._hear(i, lid, rssi)
         c = self._cand[i]
         if c != NONE and self._k_lead[i] > 0:
             self._k_lead[i] -= 1
@@ -675,8 +672,7 @@ class Engine:
         self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
     ) -> None:
         """An older read where the tag tentatively is: evidence, not a reordering."""
-        if i in self._heard:
-            self._hear(i, lid, rssi)
+        self._hear(i, lid, rssi)
         if self._n_cur[i] < 65535:
             self._n_cur[i] += 1
         if t < self._t_since[i]:
@@ -690,6 +686,7 @@ class Engine:
         """A tentative estimate, confirmed by more evidence (see _tentative_progress)."""
         self._tentative_at(i, lid, rssi, t, 1, t)
         self._forget_heard(i)
+        self._hear(i, lid, rssi)
         self._set_evidence(i, t)
         self._tentative_progress(i, t, read.reader, place, step)
 
@@ -725,10 +722,6 @@ class Engine:
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
         if is_tentative:
-            if i not in self._heard:  # the first read elsewhere: the estimate's own reads so far
-                here = self._s_cur[i]
-                self._heard[i] = {cur: self._n_cur[i]}
-                self._heard_level[i] = {cur: here if here == here else rssi}
             self._hear(i, lid, rssi)
         s_here = self._s_cur[i]
         if s_here != s_here:  # restored after a restart: assume it was here just as strongly
@@ -758,7 +751,6 @@ class Engine:
             and c != lid
             and t - self._t_cand[i] <= self.locs[c].gap_us
             and (is_tentative or self._k_lead[i] > 0)
-            and (is_tentative or self._aside_lead(i, lid, cur, t) <= self._k_lead[i])
         ):
             # Another location is gathering evidence: this read replaces it only when it beats
             # it as a challenger beats a current location, and only once that location has
@@ -774,36 +766,17 @@ class Engine:
                 self._suppress_stray(place, read.reader, c)
                 return
         if c != lid or t - self._t_cand[i] > new.gap_us:
-            back = 0 if is_tentative else self._aside_lead(i, lid, cur, t)
-            earlier = self._aside.pop(i, None) if back > 0 else None
-            set_aside = False
             if c != NONE:
-                if not is_tentative and c != lid:
-                    set_aside = self._set_aside(i, c, cur, t)
                 self._drop_evidence(i, "outvoted")
-            if earlier is not None:
-                # The challenger set aside here is back, this read added.
-                prev = earlier["s"]
-                self._cand[i] = lid
-                self._s_cand[i] = s = prev + new.alpha * (rssi - prev)
-                self._n_cand[i] = min(int(earlier["n"]) + 1, 65535)
-                self._k_lead[i] = min(back + 1, 127)
-                self._t_k0[i] = int(earlier["t_k0"])
-                self._peak[i] = max(earlier["peak"], rssi)
-                self._t_lead[i] = NEVER
-                self._set_evidence(i, min(int(earlier["ev"]), t))
-            else:
-                self._cand[i] = lid
-                self._s_cand[i] = rssi
-                self._n_cand[i] = 1
-                self._k_lead[i] = 1
-                self._t_k0[i] = t
-                self._peak[i] = rssi
-                self._t_lead[i] = NEVER
-                s = rssi
-                self._set_evidence(i, t)
-                if set_aside and self._aside[i]["ev"] != NO_EVIDENCE:
-                    self._set_evidence(i, int(self._aside[i]["ev"]))
+            self._cand[i] = lid
+            self._s_cand[i] = rssi
+            self._n_cand[i] = 1
+            self._k_lead[i] = 1
+            self._t_k0[i] = t
+            self._peak[i] = rssi
+            self._t_lead[i] = NEVER
+            s = rssi
+            self._set_evidence(i, t)
         else:
             s = self._s_cand[i]
             s += new.alpha * (rssi - s)
@@ -892,7 +865,6 @@ class Engine:
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
         self._k_lead[i] = 0
-        self._aside.pop(i, None)
         self._clear_evidence(i)
         self._emit(i, old, self.locs[lid], lead, source, via, observed, step)
 
@@ -989,31 +961,6 @@ class Engine:
         # Dated by the first read of the evidence that confirmed it: the tag was there then.
         observed = Observed(n, float(self._s_cur[i]), since, t)
         self._emit(i, None, loc, since, source, via, observed, step)
-
-    def _set_aside(self, i: int, c: int, cur: int, t: int) -> bool:
-        """Keep a challenger that out-reads the tag's location when a third location's read
-        replaces it, to take it up again if its location is read next. Whether it was kept."""
-        if self._k_lead[i] > 0 and t - self._t_cand[i] <= self.locs[c].gap_us:
-            self._aside[i] = {
-                "loc": c, "s": self._s_cand[i], "n": self._n_cand[i], "k": self._k_lead[i],
-                "t_k0": self._t_k0[i], "peak": self._peak[i], "ev": self._ev[i], "at": cur,
-                "t": t,
-            }  # fmt: skip
-            return True
-        self._aside.pop(i, None)
-        return False
-
-    def _aside_lead(self, i: int, lid: int, cur: int, t: int) -> int:
-        """The count lead the challenger set aside at `lid` would have now: its lead less the
-        reads the tag's location likely made since (at the tag's usual interval there)."""
-        a = self._aside.get(i)
-        if a is None or a["loc"] != lid or a["at"] != cur:
-            return 0
-        if t - a["t"] > self.locs[lid].gap_us:
-            return 0
-        since = t - a["t"]
-        here = since / self._iv[i] if self._iv[i] > 0.0 else 0.0
-        return max(0, int(a["k"] - here))
 
     def _hear(self, i: int, lid: int, rssi: float) -> None:
         counts = self._heard.setdefault(i, {})
@@ -1186,7 +1133,6 @@ class Engine:
         if epc is not None:
             del self._index[epc]
         self._forget_heard(i)
-        self._aside.pop(i, None)
         self._clear_evidence(i)
         self._epc[i] = None
         self._due[i] = 0
