@@ -823,7 +823,8 @@ class Engine:
             self._forget_estimate(i)
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
-        self._tally_read(i, lid, rssi)
+        if i in self._tally:
+            self._tally_read(i, lid, rssi)
         c = self._cand[i]
         if c != NONE and self._k_lead[i] > 0:
             self._k_lead[i] -= 1
@@ -852,7 +853,8 @@ class Engine:
         the tag's history, but it is evidence that the tag was there from its time on; it
         counts toward the confirmation, judged at the tag's newest read. (Else a tag read once
         live and then only in the backlog would never arrive.)"""
-        self._tally_read(i, lid, rssi)
+        if i in self._tally:
+            self._tally_read(i, lid, rssi)
         n = self._n_cur[i]
         if n < 65535:
             self._n_cur[i] = n + 1
@@ -866,7 +868,7 @@ class Engine:
     ) -> None:
         """A tentative estimate, confirmed by more evidence (see _tentative_progress)."""
         self._tentative_at(i, lid, rssi, t, 1, t)
-        self._tally[i] = {lid: [1, rssi]}
+        self._tally.pop(i, None)
         self._set_evidence(i, t)
         self._tentative_progress(i, t, read.reader, place, step)
 
@@ -1164,10 +1166,14 @@ class Engine:
         self._emit(i, None, loc, since, source, via, observed, step)
 
     def _tally_read(self, i: int, lid: int, rssi: float) -> None:
-        """Count a read of a tag not yet placed, evidence or not, toward its location's tally."""
+        """Count a read of a tag not yet placed, evidence or not, toward its location's tally.
+        The tally starts with the first read elsewhere than the tentative estimate: until
+        then the estimate's read count and level are its tally (a tag read by one antenna
+        only, the common case and every stray, costs nothing)."""
         tally = self._tally.get(i)
         if tally is None:
-            self._tally[i] = tally = {}
+            cur, s = self._loc[i], self._s_cur[i]
+            self._tally[i] = tally = {cur: [self._n_cur[i], s if s == s else rssi]}
         entry = tally.get(lid)
         if entry is None:
             tally[lid] = [1, rssi]

@@ -647,7 +647,8 @@ class Engine:
             self._forget_estimate(i)
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
-        self._hear(i, lid, rssi)
+        if i in self._heard:  # (heard elsewhere too: else n_cur and s_cur say it all)
+            self._hear(i, lid, rssi)
         c = self._cand[i]
         if c != NONE and self._k_lead[i] > 0:
             self._k_lead[i] -= 1
@@ -672,7 +673,8 @@ class Engine:
         self, i: int, lid: int, place: Place, rssi: float, t: int, read: TagRead, step: Step
     ) -> None:
         """An older read where the tag tentatively is: evidence, not a reordering."""
-        self._hear(i, lid, rssi)
+        if i in self._heard:
+            self._hear(i, lid, rssi)
         if self._n_cur[i] < 65535:
             self._n_cur[i] += 1
         if t < self._t_since[i]:
@@ -686,7 +688,6 @@ class Engine:
         """A tentative estimate, confirmed by more evidence (see _tentative_progress)."""
         self._tentative_at(i, lid, rssi, t, 1, t)
         self._forget_heard(i)
-        self._hear(i, lid, rssi)
         self._set_evidence(i, t)
         self._tentative_progress(i, t, read.reader, place, step)
 
@@ -722,6 +723,10 @@ class Engine:
             self._first_sighting(i, lid, place, rssi, t, read, step)
             return
         if is_tentative:
+            if i not in self._heard:  # the first read elsewhere: the estimate's own reads so far
+                here = self._s_cur[i]
+                self._heard[i] = {cur: self._n_cur[i]}
+                self._heard_level[i] = {cur: here if here == here else rssi}
             self._hear(i, lid, rssi)
         s_here = self._s_cur[i]
         if s_here != s_here:  # restored after a restart: assume it was here just as strongly
