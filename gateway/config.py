@@ -59,7 +59,7 @@ class GatewaySettings:
     timezone: str = "UTC"
     shutdown_timeout_s: float = duration(10.0)
     # LLRP readers decoded in this many child processes (gateway/decoders.py); "auto": the
-    # cores but one; 0: in the gateway process.
+    # cores but one (two on two cores); 0: in the gateway process.
     decoder_processes: int | str = process_count(0)
 
     def __post_init__(self) -> None:

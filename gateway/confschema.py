@@ -259,7 +259,7 @@ MAX_DECODER_PROCESSES = 64
 
 
 def parse_process_count(value: Any) -> int | str:
-    """`decoder_processes`: "auto" (the cores but one) or 0..64 (0: decode in-process)."""
+    """`decoder_processes`: "auto" (the cores but one; two on two) or 0..64 (0: in-process)."""
     if value == "auto":
         return "auto"
     if isinstance(value, int) and not isinstance(value, bool):

@@ -59,12 +59,17 @@ RestartCause = Literal["died", "hung", "malformed_batch"]
 
 
 def process_count(setting: int | str, cores: int | None = None) -> int:
-    """`decoder_processes` as a number: "auto" is the cores but one (at least one)."""
+    """`decoder_processes` as a number. "auto" is the cores but one, leaving a core to the
+    gateway process (engine, outbox, publisher), except on two cores, where it is two: there
+    the gateway process needs a third of a core at 120k reads/s while one decoder process is
+    one GIL and stops at one core (84k reads/s; two sustained 115-121k on a quiet 2-core box,
+    docs/performance.md)."""
     if setting != "auto":
         return int(setting)
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+    cores = cores or 1
+    return cores if cores <= 2 else cores - 1
 
 
 def pooled_readers(settings: Settings) -> list[DeviceSettings]:

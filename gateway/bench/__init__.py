@@ -36,6 +36,7 @@ from gateway.bench.common import (
     tree_cpu_s,
     workdir,
 )
+from gateway.decoders import process_count
 from gateway.devkit.process import stop
 from gateway.model import Movement, Observed, Outgoing, TagState, movement_body
 
@@ -924,6 +925,7 @@ def bench_pipeline(
             "warmup_s": warmup_s,
             "measure_s": measure_s,
             "decoder_processes": decoders,
+            "decoder_processes_started": process_count(decoders),
             "path": "simulated LLRP readers (child process) -> sllurp -> engine -> outbox -> "
             "mosquitto, `fc-edge run` in its own process (sllurp in its decoder processes "
             "when decoder_processes > 0)",
@@ -972,8 +974,10 @@ def pipeline_main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure-s", type=float, help="seconds measured per step (default 8, quick 4)")
     p.add_argument(
         "--decoder-processes",
-        default="0",
-        help='[gateway] decoder_processes of the gateway measured: N or "auto" (default 0)',
+        default="auto",
+        help='[gateway] decoder_processes of the gateway measured: N or "auto" (default "auto":'
+        " the read path past one core, which a site needing this rate configures; 0 measures"
+        " the gateway's default, decoding in its own process)",
     )
     args = p.parse_args(argv)
     choice = args.decoder_processes
