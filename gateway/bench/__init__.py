@@ -986,7 +986,10 @@ def pipeline_main(argv: list[str] | None = None) -> int:
     default_rates = (
         "5000,20000,40000"
         if args.quick
-        else "5000,10000,20000,30000,40000,60000,80000,100000,120000,140000,160000"
+        # 10k steps from 60k: the sustained figure is the last step held, so a 20k step would
+        # quantise the ratio by an eighth of the floor.
+        else "5000,10000,20000,30000,40000,60000,70000,80000,90000,100000,110000,120000,"
+        "130000,140000,160000"
     )
     rates = [float(x) for x in (args.rates or default_rates).split(",") if x]
     measure_s = args.measure_s or (4.0 if args.quick else 8.0)
