@@ -1,0 +1,174 @@
+"""Where the engine goes wrong on one family instance, and why: a debugging aid for rule work.
+
+    python -m tools.engine_trace errors dense-floor 1 bursty
+        every tag with an unmatched movement: its true and its published movements, and a
+        count of the kinds of error (late or early, missed, extra, first sighting in the
+        wrong zone, parked false move)
+    python -m tools.engine_trace trace dense-floor 1 bursty EPC [FROM_S TO_S]
+        that tag's reads in judging order (reader time, location, RSSI) with the engine's
+        state for the tag after each (estimate, challenger, count lead, first-sighting tally)
+        and every challenger it dropped
+
+The instance is rendered and delivered exactly as `fc-edge bench accuracy` does (same clocks,
+batches, ticks and tolerance), on the Python hot loop so that every read can be followed; the
+two loops decide identically (tests/unit/test_engine_golden.py). Use tuning seeds only: a
+look at an evaluation seed makes it tuning data (simulators/families.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter, defaultdict
+from typing import Any
+
+from gateway.bench import engine as bench
+from gateway.engine.core import NONE, Engine, Step
+from gateway.model import TagRead
+from gateway.score import score
+from simulators.families import variant
+from simulators.scenario import render, scenario_from_dict, truth_lines
+
+
+class PythonLoopEngine(Engine):
+    """The engine on its Python hot loop, whose reads can be followed one by one."""
+
+    compiled_loop = False
+
+
+class Run:
+    """One instance rendered, delivered and judged; `on_read` / `on_drop` watch the engine."""
+
+    def __init__(self, family: str, seed: int, model: str) -> None:
+        raw = variant(family, seed, model, bench.harsh_variant, bench.shipped_scenarios())
+        self.scenario = scenario_from_dict(raw, family, family)
+        self.config = bench.scenario_config(self.scenario)
+        longest = max(
+            (loc.profile.departed_after_s or 0.0 for loc in self.config.locations.values()),
+            default=0.0,
+        )
+        self.end_s = self.scenario.duration + longest + 5.0
+        self.rendering = render(self.scenario, until_s=self.end_s)
+        self.truth = truth_lines(self.rendering, bench.EPOCH_US)
+        self.tolerance_s = bench.chosen_tolerance_s(self.scenario)
+        self.engine = PythonLoopEngine(self.config)
+
+    def play(self) -> list[dict[str, Any]]:
+        deliveries = bench.delivered_reads(self.rendering, bench.ReaderClocks())
+        end_us = bench.EPOCH_US + round(self.end_s * 1e6)
+        return bench.deliver(self.engine, deliveries, end_us, bench.outages_of(self.scenario))
+
+
+def _line(m: dict[str, Any]) -> str:
+    to = m.get("to") or m.get("location")
+    return f"{m['type']:8s} {m.get('from')} -> {to}  {m['time']}"
+
+
+def _kind(truth: list[dict[str, Any]], got: list[dict[str, Any]], parked: bool) -> str:
+    first_t = next((t for t in truth if t["type"] == "arrived"), None)
+    first_g = next((g for g in got if g["type"] == "arrived"), None)
+    if first_t and first_g and first_t.get("to") != first_g.get("to"):
+        return "first sighting in the wrong zone"
+    if parked and len(got) > len(truth):
+        return "parked false move"
+    if len(got) == len(truth):
+        return "late or early"
+    return "missed movement" if len(got) < len(truth) else "extra movement"
+
+
+def errors(family: str, seed: int, model: str) -> int:
+    run = Run(family, seed, model)
+    got = run.play()
+    result = score(run.truth, got, run.tolerance_s)
+    parked = bench._parked_epcs(run.scenario)
+    by_truth: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_got: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in run.truth:
+        by_truth[t["epc"]].append(t)
+    for g in got:
+        by_got[g["epc"]].append(g)
+    wrong = sorted({m["epc"] for m in result["unmatched_truth"] + result["unmatched_got"]})
+    kinds: Counter[str] = Counter()
+    for epc in wrong:
+        kind = _kind(by_truth[epc], by_got[epc], epc in parked)
+        kinds[kind] += 1
+        print(f"{epc}  {kind}")
+        for t in by_truth[epc]:
+            print("   truth    ", _line(t))
+        for g in by_got[epc]:
+            print("   published", _line(g))
+    print(
+        f"{family} seed {seed} {model}: F1 {result['f1']:.4f} at {run.tolerance_s} s; "
+        f"{len(wrong)} tags wrong: {dict(kinds)}"
+    )
+    return 0
+
+
+def _state(engine: Engine, i: int) -> str:
+    def name(lid: int) -> str:
+        return engine.locs[lid].name if lid != NONE else "-"
+
+    tentative = "?" if engine._tentative[i] else ""
+    return (
+        f"at {name(engine._loc[i])}{tentative} n={engine._n_cur[i]} s={engine._s_cur[i]:.1f} | "
+        f"challenger {name(engine._cand[i])} n={engine._n_cand[i]} s={engine._s_cand[i]:.1f} "
+        f"lead={engine._k_lead[i]} | tally {engine._tally.get(i)}"
+    )
+
+
+def trace(family: str, seed: int, model: str, epc: str, from_s: float, to_s: float) -> int:
+    run = Run(family, seed, model)
+    engine = run.engine
+    for t in run.truth:
+        if t["epc"] == epc:
+            print("truth    ", _line(t))
+    judge, drop = engine._judge, engine._drop_evidence
+    now = [0.0]  # reader time of the read being judged, in seconds of the scenario
+
+    def judged(reads: list[TagRead], step: Step) -> None:
+        for read in reads:  # one at a time: the state after each read of this tag
+            before = len(step.movements)
+            t = now[0] = (read.time_us - bench.EPOCH_US) / 1e6
+            judge([read], step)
+            if read.epc == epc and from_s <= t <= to_s:
+                place = engine._places.get(read.reader, {}).get(read.antenna)
+                where = engine.locs[place[0]].name if place else "?"
+                i = engine._index[epc]
+                print(f"{t:9.3f} {where:10s} {read.rssi:6.1f}  {_state(engine, i)}")
+            for m in step.movements[before:]:
+                if m.epc == epc and from_s <= t <= to_s:
+                    print(f"          -> {m.type} {m.from_} -> {m.to}")
+
+    def dropped(i: int, reason: str) -> None:
+        if engine._epc[i] == epc and from_s <= now[0] <= to_s:
+            print(f"          (challenger dropped at a read of {now[0]:.3f} s: {reason})")
+        drop(i, reason)
+
+    engine._judge = judged  # type: ignore[method-assign]
+    engine._drop_evidence = dropped  # type: ignore[method-assign]
+    for g in run.play():
+        if g["epc"] == epc:
+            print("published", _line(g))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.engine_trace", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in ("errors", "trace"):
+        q = sub.add_parser(command)
+        q.add_argument("family")
+        q.add_argument("seed", type=int)
+        q.add_argument("model", choices=("independent", "bursty"))
+        if command == "trace":
+            q.add_argument("epc")
+            q.add_argument("from_s", type=float, nargs="?", default=0.0)
+            q.add_argument("to_s", type=float, nargs="?", default=1e9)
+    args = p.parse_args(argv)
+    if args.command == "errors":
+        return errors(args.family, args.seed, args.model)
+    return trace(args.family, args.seed, args.model, args.epc, args.from_s, args.to_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
