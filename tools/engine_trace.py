@@ -11,8 +11,8 @@
 
 The instance is rendered and delivered exactly as `fc-edge bench accuracy` does (same clocks,
 batches, ticks and tolerance), on the Python hot loop so that every read can be followed; the
-two loops decide identically (tests/unit/test_engine_golden.py). Use tuning seeds only: a
-look at an evaluation seed makes it tuning data (simulators/families.py).
+two loops decide identically (tests/unit/test_engine_golden.py). Tuning seeds only (others are
+refused): a look at an evaluation seed makes it tuning data (simulators/families.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from gateway.bench import engine as bench
 from gateway.engine.core import NONE, Engine, Step
 from gateway.model import TagRead
 from gateway.score import score
-from simulators.families import variant
-from simulators.scenario import render, scenario_from_dict, truth_lines
+from simulators.scenario import scenario_from_dict
 
 
 class PythonLoopEngine(Engine):
@@ -37,26 +36,20 @@ class PythonLoopEngine(Engine):
 
 
 class Run:
-    """One instance rendered, delivered and judged; `on_read` / `on_drop` watch the engine."""
+    """One tuning instance, played to the engine as the accuracy bench plays it (the same
+    instance from set_instances, which refuses evaluation seeds, and the same playback)."""
 
     def __init__(self, family: str, seed: int, model: str) -> None:
-        raw = variant(family, seed, model, bench.harsh_variant, bench.shipped_scenarios())
-        self.scenario = scenario_from_dict(raw, family, family)
-        self.config = bench.scenario_config(self.scenario)
-        longest = max(
-            (loc.profile.departed_after_s or 0.0 for loc in self.config.locations.values()),
-            default=0.0,
-        )
-        self.end_s = self.scenario.duration + longest + 5.0
-        self.rendering = render(self.scenario, until_s=self.end_s)
-        self.truth = truth_lines(self.rendering, bench.EPOCH_US)
+        (instance,) = bench.set_instances("tuning", [family], seeds=[seed], models=[model])
+        assert instance.raw is not None
+        self.scenario = scenario_from_dict(instance.raw, instance.name, instance.name)
+        self.playback = bench.playback(self.scenario)
+        self.truth = self.playback.truth
         self.tolerance_s = bench.chosen_tolerance_s(self.scenario)
-        self.engine = PythonLoopEngine(self.config)
+        self.engine = PythonLoopEngine(self.playback.config)
 
     def play(self) -> list[dict[str, Any]]:
-        deliveries = bench.delivered_reads(self.rendering, bench.ReaderClocks())
-        end_us = bench.EPOCH_US + round(self.end_s * 1e6)
-        return bench.deliver(self.engine, deliveries, end_us, bench.outages_of(self.scenario))
+        return self.playback.play(self.engine)
 
 
 def _line(m: dict[str, Any]) -> str:

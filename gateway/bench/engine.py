@@ -255,6 +255,42 @@ RUNNERS: dict[str, Callable[[EngineConfig], _Runner]] = {
 }
 
 
+@dataclass(frozen=True)
+class Playback:
+    """A scenario rendered and ready to deliver to any runner, as the gateway receives it:
+    per reader, by arrival time, through the clock correction, with progress / source_down."""
+
+    config: EngineConfig
+    deliveries: Mapping[str, Sequence[Delivered]]
+    end_us: int
+    outages: Sequence[tuple[int, int, str]]
+    truth: list[dict[str, Any]]
+
+    def play(self, runner: _Runner) -> list[dict[str, Any]]:
+        """The runner's movements over the whole playback (see deliver)."""
+        return deliver(runner, self.deliveries, self.end_us, self.outages)
+
+
+def playback(scenario: Any) -> Playback:
+    from simulators.scenario import render, truth_lines
+
+    config = scenario_config(scenario)
+    longest = max(
+        (loc.profile.departed_after_s or 0.0 for loc in config.locations.values()), default=0.0
+    )
+    end_s = scenario.duration + longest + 5.0
+    # The radio keeps reading the final state after the timeline ends, as a real site would:
+    # a run that stopped reading at `duration` would see every tag vanish.
+    rendering = render(scenario, until_s=end_s)
+    deliveries = delivered_reads(rendering, ReaderClocks())
+    end_us = EPOCH_US + round(end_s * 1e6)
+    if scenario.transport:  # a backlog delivered after the end is still delivered
+        last = max((d[-1][0] for d in deliveries.values() if d), default=EPOCH_US)
+        end_us = max(end_us, last + BATCH_US)
+    truth = truth_lines(rendering, EPOCH_US)
+    return Playback(config, deliveries, end_us, outages_of(scenario), truth)
+
+
 def accuracy_of_scenario(
     scenario: Any,
     name: str,
@@ -265,30 +301,15 @@ def accuracy_of_scenario(
     them (deliver: per reader, by arrival time, through the clock correction, with
     progress / source_down), the same corrected reads for each."""
     from gateway.score import score
-    from simulators.scenario import render, truth_lines
 
     if tolerance_s is None:
         tolerance_s = chosen_tolerance_s(scenario)
-    config = scenario_config(scenario)
-    longest = max(
-        (loc.profile.departed_after_s or 0.0 for loc in config.locations.values()), default=0.0
-    )
-    end_s = scenario.duration + longest + 5.0
-    # The radio keeps reading the final state after the timeline ends, as a real site would:
-    # a run that stopped reading at `duration` would see every tag vanish.
-    rendering = render(scenario, until_s=end_s)
-    clocks = ReaderClocks()
-    deliveries = delivered_reads(rendering, clocks)
-    end_us = EPOCH_US + round(end_s * 1e6)
-    if scenario.transport:  # a backlog delivered after the end is still delivered
-        last = max((d[-1][0] for d in deliveries.values() if d), default=EPOCH_US)
-        end_us = max(end_us, last + BATCH_US)
-    outages = outages_of(scenario)
-    truth = truth_lines(rendering, EPOCH_US)
+    played = playback(scenario)
+    truth = played.truth
     parked = _parked_epcs(scenario)
     out: dict[str, Any] = {
         "scenario": name,
-        "reads": sum(len(d) for d in deliveries.values()),
+        "reads": sum(len(d) for d in played.deliveries.values()),
         "truth": len(truth),
         "time_tolerance_s": tolerance_s,
     }
@@ -304,8 +325,8 @@ def accuracy_of_scenario(
     if scenario.radio.model != "independent":
         out["radio_model"] = scenario.radio.model
     for runner_name in runners:
-        runner = RUNNERS[runner_name](config)
-        got = deliver(runner, deliveries, end_us, outages)
+        runner = RUNNERS[runner_name](played.config)
+        got = played.play(runner)
         result = score(truth, got, tolerance_s)
         keys = ("precision", "recall", "f1", "got", "matched", "latency_s")
         entry = {k: result[k] for k in keys}

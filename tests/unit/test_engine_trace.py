@@ -34,3 +34,10 @@ def test_a_trace_follows_one_tag_read_by_read(capsys: pytest.CaptureFixture[str]
     reads = [line for line in lines if re.match(r"\s+\d+\.\d{3} FLOOR-\d", line)]
     assert reads and all(0.0 <= float(line.split()[0]) <= 5.0 for line in reads)
     assert any(line.startswith("published arrived") for line in lines)
+
+
+def test_an_evaluation_seed_is_refused() -> None:
+    from simulators.families import EVALUATION_SEEDS
+
+    with pytest.raises(ValueError, match="not tuning seeds"):
+        engine_trace.Run("backlog", EVALUATION_SEEDS[0], "independent")
