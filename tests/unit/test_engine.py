@@ -877,3 +877,67 @@ def test_a_first_sighting_is_contested_by_every_zone_that_reads_it_not_only_the_
         moves = run(make(four_zones()), reads, 30)
         assert kinds(moves) == [("arrived", None, "A")], make
         assert secs(moves[0]) == 0.018
+
+
+def _passages(n: int, start_s: float, dwell_s: float, every_s: float = 0.4) -> list[TagRead]:
+    """`n` cases through tunnel zone A (reader "zones", antenna 1) 0.5 s apart, each read every
+    `every_s` from 0.2 s into its passage of `dwell_s` (or a list: one dwell each, in turn)."""
+    reads = []
+    for k in range(n):
+        epc = f"30743{k:019X}"
+        t = start_s + 0.5 * k
+        d = 0.2
+        while d < dwell_s:
+            reads.append(TagRead(epc, "zones", 1, -55.0, T0 + round((t + d) * 1e6)))
+            d += every_s
+    return reads
+
+
+def test_a_passage_read_once_or_twice_is_dated_by_the_dwell_learnt_from_the_well_read() -> None:
+    """A tunnel (zone A) passes 40 cases, each in the field 2.5 s and read every 0.4 s from
+    0.2 s in: spans of 2.0 s plus 1.5 read intervals, a passage lasts 2.6 s there. Then a case
+    read once at 70 s, in a burst of misses, and one read twice (69.5 and 70.0 s). Their reads
+    cover little of their passage, so each end lies beyond them by half of what they left of
+    the 2.6 s: the one read once arrived at 68.7 s and left at 71.3 s; the one read twice left
+    at 71.05 s (its arrival was announced at its confirm_s, before its reads were known to have
+    ended: dated at its first read). The old engine dated both ends at the reads (the single
+    read: arrival and departure at the same instant), 1-2 s off a scorer's truth. A well-read
+    case arrives at its first read, as before, and leaves 0.3 s (3/4 of a read interval) after
+    its last: at 2.5 s, when it left (was 2.2 s)."""
+    from tests.support import engine_reference
+
+    twice = "3074257BF7194E4000008888"
+    for make in (Engine, PythonLoopEngine, engine_reference.Engine):
+        engine = make(site())
+        for _ in range(100):  # A has confirmed 100 sightings and read no foreign tag
+            engine.locs[engine._loc_named("A")].sightings += 1
+        reads = _passages(40, 0.0, 2.5)
+        reads.append(TagRead(EPC, "zones", 1, -60.0, T0 + 70_000_000))
+        reads += [TagRead(twice, "zones", 1, -58.0, T0 + round(t * 1e6)) for t in (69.5, 70.0)]
+        moves = run(engine, reads, 110)
+        once = [(m.type, round(secs(m), 3)) for m in moves if m.epc == EPC]
+        assert once == [("arrived", 68.7), ("departed", 71.3)], make
+        two = [(m.type, round(secs(m), 3)) for m in moves if m.epc == twice]
+        assert two == [("arrived", 69.5), ("departed", 71.05)], make
+        first = [round(secs(m), 3) for m in moves if m.epc == "30743" + f"{0:019X}"]
+        assert first == [0.2, 2.5], make
+
+
+def test_where_stays_differ_a_passage_is_dated_at_its_reads() -> None:
+    """The same tunnel, but its 40 cases stay 1.5, 2.5, 5 or 10 s in turn: stays that do not
+    last alike tell nothing of one another, so the case read twice (69.5, 70.0 s) is dated at
+    its reads."""
+    from tests.support import engine_reference
+
+    twice = "3074257BF7194E4000008888"
+    for make in (Engine, PythonLoopEngine, engine_reference.Engine):
+        reads: list[TagRead] = []
+        for k, dwell in zip(range(40), itertools.cycle((1.5, 2.5, 5.0, 10.0))):
+            reads += [
+                TagRead(f"30743{k:019X}", r.reader, r.antenna, r.rssi, r.time_us + 500_000 * k)
+                for r in _passages(1, 0.0, dwell)
+            ]
+        reads += [TagRead(twice, "zones", 1, -58.0, T0 + round(t * 1e6)) for t in (69.5, 70.0)]
+        moves = run(make(site()), reads, 110)
+        two = [(m.type, round(secs(m), 3)) for m in moves if m.epc == twice]
+        assert two == [("arrived", 69.5), ("departed", 70.0)], make
