@@ -1504,14 +1504,20 @@ class Engine:
         """A challenger whose reads ended wins at the absence horizon when it had out-read the
         tag's location by _OUTREAD and led for confirm_s; or, once the tag is read no more at
         all (silent past the challenger's gap: it left the field), by _FIRST_OUTREAD for
-        confirm_s, as a first sighting is decided. Its count lead cannot grow any more, and a
-        parked tag is never silent: a case carried out of the field from its new zone, read
-        there five times in a burst of misses, has moved."""
+        confirm_s, as a first sighting is decided, or by 2 while it leads on level (the
+        offset beaten on min_reads reads). Its count lead cannot grow any more, and
+        a parked tag is never silent: a case carried out of the field from its new zone, read
+        there five times in a burst of misses, or six times 9 dB above the old zone's three
+        leaks, has moved."""
         confirm = self._confirm_us(i, cur, self.locs[c])
         k, lead = self._k_lead[i], self._t_lead[i]
         if k >= _OUTREAD and lead != NEVER and horizon - lead >= confirm:
             return True
-        if horizon - self._seen[i] <= self.locs[c].gap_us or k < _FIRST_OUTREAD:
+        if horizon - self._seen[i] <= self.locs[c].gap_us:
+            return False
+        if k < _FIRST_OUTREAD and (lead == NEVER or k < 2):
+            # (A level lead counts too, beating the offset on min_reads reads, with two reads
+            # more: one is a coin's toss between a dense floor's neighbours.)
             return False
         return horizon - (self._t_k0[i] if lead == NEVER else lead) >= confirm
 

@@ -1285,12 +1285,15 @@ class Engine:
 
     def _move_held(self, i: int, cur: int, c: int, horizon: int) -> bool:
         """Out-read by _OUTREAD with a lead that held confirm_s; or, once the tag is read no
-        more (silent past the gap), out-read by _FIRST_OUTREAD for confirm_s."""
+        more (silent past the gap), out-read by _FIRST_OUTREAD, or by 2 while leading on
+        level, for confirm_s."""
         confirm = self._confirm_us(i, cur, self.locs[c])
         k, lead = self._k_lead[i], self._t_lead[i]
         if k >= _OUTREAD and lead != NEVER and horizon - lead >= confirm:
             return True
-        if horizon - self._seen[i] <= self.locs[c].gap_us or k < _FIRST_OUTREAD:
+        if horizon - self._seen[i] <= self.locs[c].gap_us:
+            return False
+        if k < _FIRST_OUTREAD and (lead == NEVER or k < 2):
             return False
         return horizon - (self._t_k0[i] if lead == NEVER else lead) >= confirm
 

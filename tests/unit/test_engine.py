@@ -941,3 +941,27 @@ def test_where_stays_differ_a_passage_is_dated_at_its_reads() -> None:
         moves = run(make(site()), reads, 110)
         two = [(m.type, round(secs(m), 3)) for m in moves if m.epc == twice]
         assert two == [("arrived", 69.5), ("departed", 70.0)], make
+
+
+def test_a_case_that_leaves_from_its_new_zone_leading_on_level_though_few_reads_ahead_moved() -> (
+    None
+):
+    """A case read in zone A every 60 ms for a second, carried to B: B reads it six times at
+    -49 dB in 1.4 s (a burst of misses), A three times more at -60 dB (leaks), then it leaves
+    the field. B's count lead ends at 3, short of the 4 a silent challenger needed, though it
+    leads A by 9 dB on six reads: the old engine let the case depart from A, which it had left.
+    A challenger still out-reading and leading on level when the tag falls silent has moved."""
+    from tests.support import engine_reference
+
+    def at(antenna: int, times: tuple[float, ...], rssi: float) -> list[TagRead]:
+        return [TagRead(EPC, "zones", antenna, rssi, T0 + round(t * 1e6)) for t in times]
+
+    reads = reads_at("zones", 1, 0, 1.0, rssi=-52, every_s=0.06)
+    reads += at(2, (1.6, 1.9, 2.2, 2.7, 2.9, 3.0), -49.0) + at(1, (2.25, 2.75, 2.8), -60.0)
+    for make in (Engine, PythonLoopEngine, engine_reference.Engine):
+        moves = run(make(site()), reads, 40)
+        assert [(m.type, m.from_, m.to, secs(m)) for m in moves] == [
+            ("arrived", None, "A", 0.0),
+            ("moved", "A", "B", 1.6),
+            ("departed", "B", None, 3.0),
+        ], make
