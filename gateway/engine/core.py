@@ -92,12 +92,14 @@ _TRUST_SIGHTINGS = 100
 # deviation at most _DWELL_SPREAD of the mean, over at least _DWELL_LEARNT of them): a zone's
 # stays tell nothing of one another. (A tunnel's passages of one length show a deviation of
 # 0.13-0.30 of the mean from the reads' randomness alone, about six reads a passage; stays of
-# 1.5 to 10 s, 0.6.) At most _WATCHED_PASSAGES a location are watched for their end at once (a
-# sample: they only teach).
+# 1.5 to 10 s, 0.6.) At most _WATCHED_PASSAGES a location are watched for their end at once: a
+# sample, since they only teach (the ones watched are kept until they end, newer ones wait for
+# room; 256 a location is ~0.3 byte a tag at 1 M tags, and a tunnel passing 100 cases a second
+# still teaches about 40 a second).
 _DWELL_WEIGHT = 1 / 16
 _DWELL_LEARNT = 16
 _DWELL_SPREAD = 1 / 3
-_WATCHED_PASSAGES = 1024
+_WATCHED_PASSAGES = 256
 
 if _hotloop is not None:
     _hotloop.setup(NONE, NEVER, NO_EVIDENCE, _ROUNDS, _IV_WEIGHT, _OUTREAD)
@@ -182,7 +184,7 @@ class Loc:
         self.dwell_us = 0.0
         self.dwell_dev_us = 0.0
         self.passages = 0
-        self.watch: deque[tuple[int, str, int]] = deque(maxlen=_WATCHED_PASSAGES)
+        self.watch: deque[tuple[int, str, int]] = deque()
 
     def learn_dwell(self, dwell_us: float) -> None:
         """One more passage: its reads spanned `dwell_us` less about one read interval."""
@@ -1218,7 +1220,8 @@ class Engine:
             self._t_k0[i] = since  # the stay's start, while nothing contests it
             epc = self._epc[i]
             assert epc is not None
-            loc.watch.append((i, epc, since))
+            if len(loc.watch) < _WATCHED_PASSAGES:
+                loc.watch.append((i, epc, since))
         observed = Observed(n, float(self._s_cur[i]), since, t)
         self._emit(i, None, loc, arrived, source, via, observed, step)
 

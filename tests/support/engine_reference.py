@@ -62,11 +62,11 @@ _OUTREAD = 8
 _FIRST_OUTREAD = 4
 # Passages (issue 13): a location's passage length is an exponential average (weight 1/16) of
 # the span of well-read passages plus 1.5 read intervals, with its mean deviation; used once 16
-# were learnt and while the deviation is at most a third of the mean; 1,024 watched a location.
+# were learnt and while the deviation is at most a third of the mean; 256 watched a location.
 _DWELL_WEIGHT = 1 / 16
 _DWELL_LEARNT = 16
 _DWELL_SPREAD = 1 / 3
-_WATCHED = 1024
+_WATCHED = 256
 
 SUPPRESSION_REASONS = (
     "unknown_antenna",  # the (reader, antenna) is not in the config
@@ -146,7 +146,7 @@ class Loc:
         self.dwell = 0.0  # how long a passage lasts here (µs), and its mean deviation
         self.dwell_dev = 0.0
         self.passages = 0
-        self.watched: deque[tuple[int, str, int]] = deque(maxlen=_WATCHED)  # (slot, EPC, start)
+        self.watched: deque[tuple[int, str, int]] = deque()  # (slot, EPC, start), _WATCHED at most
 
     def beyond_reads(self, span: int) -> int:
         """Each end of a passage read over `span` here: this far beyond its outermost read."""
@@ -1003,7 +1003,8 @@ class Engine:
             epc = self._epc[i]
             assert epc is not None
             self._stay_start[i] = since
-            loc.watched.append((i, epc, since))
+            if len(loc.watched) < _WATCHED:  # (a full watch takes no more: they only teach)
+                loc.watched.append((i, epc, since))
         observed = Observed(n, float(self._s_cur[i]), since, t)
         self._emit(i, None, loc, date, source, via, observed, step)
 

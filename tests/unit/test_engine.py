@@ -965,3 +965,19 @@ def test_a_case_that_leaves_from_its_new_zone_leading_on_level_though_few_reads_
             ("moved", "A", "B", 1.6),
             ("departed", "B", None, 3.0),
         ], make
+
+
+def test_the_passages_a_location_watches_for_their_end_are_bounded() -> None:
+    """1,000 cases confirmed in zone A within a second, none ended yet: A watches 256 of them
+    for their end (they only teach its passage length; a busy site must not pay a byte a tag
+    for them), and once they have ended it has learnt from them and watches none."""
+    reads = []
+    for k in range(1000):
+        epc = f"30744{k:019X}"
+        reads += [TagRead(epc, "zones", 1, -55.0, T0 + round(t * 1e6)) for t in (0.1, 0.5, 0.9)]
+    engine = Engine(site())
+    run(engine, reads, 1.5)
+    a = engine.locs[engine._loc_named("A")]
+    assert len(a.watch) == 256
+    run(engine, [], 10.0)
+    assert len(a.watch) == 0 and a.passages == 256
