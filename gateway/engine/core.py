@@ -187,7 +187,7 @@ class Loc:
         self.watch: deque[tuple[int, str, int]] = deque()
 
     def learn_dwell(self, dwell_us: float) -> None:
-        """One more passage: its reads spanned `dwell_us` less about one read interval."""
+        """One more passage, which lasted about `dwell_us` (Engine._learn_dwells)."""
         if self.passages:
             self.dwell_dev_us += _DWELL_WEIGHT * (abs(dwell_us - self.dwell_us) - self.dwell_dev_us)
             self.dwell_us += _DWELL_WEIGHT * (dwell_us - self.dwell_us)
@@ -310,8 +310,9 @@ class Engine:
         self._k_lead = array("b")  # challenger reads less current-location reads (_OUTREAD)
         # While a challenger is pending, the read that last took _k_lead up from zero; else,
         # for a tag placed by its first sighting and contested by nothing since, that
-        # sighting's first read (a passage's start: _departure_time). NEVER otherwise. (One
-        # array for both: a tag never needs the two at once, and a tag's bytes are counted.)
+        # sighting's first read (a passage's start: _check_absence dates its departure by it,
+        # _learn_dwells learns from it). NEVER otherwise. (One array for both: a tag never
+        # needs the two at once, and a tag's bytes are counted.)
         self._t_k0 = array("q")
         self._peak = array("f")
         self._seen = array("q")  # last read anywhere
