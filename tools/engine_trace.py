@@ -23,16 +23,10 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from gateway.bench import engine as bench
-from gateway.engine.core import NONE, Engine, Step
+from gateway.engine.core import NONE, Engine, PythonLoopEngine, Step
 from gateway.model import TagRead
 from gateway.score import score
 from simulators.scenario import scenario_from_dict
-
-
-class PythonLoopEngine(Engine):
-    """The engine on its Python hot loop, whose reads can be followed one by one."""
-
-    compiled_loop = False
 
 
 class Run:

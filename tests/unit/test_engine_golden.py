@@ -308,6 +308,28 @@ def test_the_compiled_loop_is_built_and_used() -> None:
     assert PythonLoopEngine(site()).hot_loop == "python"
 
 
+@pytest.mark.parametrize("make", LOOPS)
+def test_a_tunnel_with_a_reconnect_backlog_decides_as_the_reference(make: Factory) -> None:
+    """A backlog family instance under the bursty noise model (two tunnels; misses in bursts,
+    so many cases are read only once or twice): passages are dated by the dwell each tunnel
+    learns, which no shipped scenario exercises. Both loops must date every one as the
+    reference engine does (tuning seed 1: simulators/families.py)."""
+    from gateway.bench import engine as bench
+    from simulators.scenario import scenario_from_dict
+
+    (instance,) = bench.set_instances("tuning", ["backlog"], seeds=[1], models=["bursty"])
+    assert instance.raw is not None
+    scenario = scenario_from_dict(instance.raw, instance.name, instance.name)
+    played = bench.playback(scenario)
+    engine = make(played.config)
+    got = played.play(engine)
+    assert got == played.play(engine_reference.Engine(played.config))
+    assert sum(m["type"] == "departed" for m in got) > 2000
+    tunnel = engine.locs[engine._loc_named("TUNNEL-A")]  # it learnt its passages' 2.5 s
+    assert tunnel.passages > 500 and 2.0e6 < tunnel.dwell_us < 3.0e6
+    assert tunnel.dwell_dev_us < tunnel.dwell_us / 3
+
+
 # --- the golden file ----------------------------------------------------------------------------
 
 _golden_cache: dict[str, Any] = {}
@@ -338,25 +360,3 @@ def write_golden() -> None:
 if __name__ == "__main__":
     write_golden()
     sys.exit(0)
-
-
-@pytest.mark.parametrize("make", LOOPS)
-def test_a_tunnel_with_a_reconnect_backlog_decides_as_the_reference(make: Factory) -> None:
-    """A backlog family instance under the bursty noise model (two tunnels; misses in bursts,
-    so many cases are read only once or twice): passages are dated by the dwell each tunnel
-    learns, which no shipped scenario exercises. Both loops must date every one as the
-    reference engine does (tuning seed 1: simulators/families.py)."""
-    from gateway.bench import engine as bench
-    from simulators.scenario import scenario_from_dict
-
-    (instance,) = bench.set_instances("tuning", ["backlog"], seeds=[1], models=["bursty"])
-    assert instance.raw is not None
-    scenario = scenario_from_dict(instance.raw, instance.name, instance.name)
-    played = bench.playback(scenario)
-    engine = make(played.config)
-    got = played.play(engine)
-    assert got == played.play(engine_reference.Engine(played.config))
-    assert sum(m["type"] == "departed" for m in got) > 2000
-    tunnel = engine.locs[engine._loc_named("TUNNEL-A")]  # it learnt its passages' 2.5 s
-    assert tunnel.passages > 500 and 2.0e6 < tunnel.dwell_us < 3.0e6
-    assert tunnel.dwell_dev_us < tunnel.dwell_us / 3
