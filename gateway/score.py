@@ -113,12 +113,10 @@ def percentile(values: Sequence[float], p: float) -> float | None:
     return ordered[rank - 1]
 
 
-def score(
-    truth: list[dict[str, Any]], got: list[dict[str, Any]], time_tolerance_s: float = 2.0
-) -> dict[str, Any]:
-    """Match truth lines to published movements; see the module doc. `got` may hold other
-    messages (ignored). Lines that cannot be read (no time, bad type) are counted in
-    `rejected` and otherwise left out. An empty side scores 1.0 (nothing was wrong there)."""
+def _lines(
+    truth: list[dict[str, Any]], got: list[dict[str, Any]]
+) -> tuple[list[_Line], list[_Line], dict[str, int]]:
+    """The readable truth lines and published movements, and how many of each were not."""
     rejected = {"truth": 0, "got": 0}
     truth_lines: list[_Line] = []
     for obj in truth:
@@ -134,6 +132,27 @@ def score(
             got_lines.append(_got_line(obj))
         except (ValueError, TypeError):
             rejected["got"] += 1
+    return truth_lines, got_lines, rejected
+
+
+def matched_pairs(
+    truth: list[dict[str, Any]], got: list[dict[str, Any]], time_tolerance_s: float = 2.0
+) -> list[tuple[dict[str, Any], dict[str, Any], float]]:
+    """(truth line, published movement, latency in s) of every match `score` counts."""
+    truth_lines, got_lines, _ = _lines(truth, got)
+    return [
+        (t.raw, g.raw, g.latency_ref_s - t.time_s)
+        for t, g in _match(truth_lines, got_lines, time_tolerance_s)
+    ]
+
+
+def score(
+    truth: list[dict[str, Any]], got: list[dict[str, Any]], time_tolerance_s: float = 2.0
+) -> dict[str, Any]:
+    """Match truth lines to published movements; see the module doc. `got` may hold other
+    messages (ignored). Lines that cannot be read (no time, bad type) are counted in
+    `rejected` and otherwise left out. An empty side scores 1.0 (nothing was wrong there)."""
+    truth_lines, got_lines, rejected = _lines(truth, got)
     pairs = _match(truth_lines, got_lines, time_tolerance_s)
     matched_truth = {id(t) for t, _ in pairs}
     matched_got = {id(g) for _, g in pairs}

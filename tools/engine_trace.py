@@ -8,6 +8,11 @@
         that tag's reads in judging order (reader time, location, RSSI) with the engine's
         state for the tag after each (estimate, challenger, count lead, first-sighting tally)
         and every challenger it dropped
+    python -m tools.engine_trace latency dock-door 1 bursty
+        how long after the truth each matched movement was produced (on the playback's
+        clock: decision and batching, no transport), per kind of movement (portal crossing,
+        zone move, first sighting, departure by absence), with the slowest of each kind: where
+        `fc-edge bench latency` spends its total
 
 The instance is rendered and delivered exactly as `fc-edge bench accuracy` does (same clocks,
 batches, ticks and tolerance), on the Python hot loop so that every read can be followed; the
@@ -25,7 +30,7 @@ from typing import Any
 from gateway.bench import engine as bench
 from gateway.engine.core import NONE, Engine, PythonLoopEngine, Step
 from gateway.model import TagRead
-from gateway.score import score
+from gateway.score import matched_pairs, parse_time, percentile, score
 from simulators.scenario import scenario_from_dict
 
 
@@ -91,6 +96,35 @@ def errors(family: str, seed: int, model: str) -> int:
     return 0
 
 
+def _latency_kind(movement: dict[str, Any], portals: set[str]) -> str:
+    if movement["via"] in portals and movement["from"] is not None:
+        return "portal crossing"
+    if movement["from"] is None:
+        return "first sighting"
+    if movement["to"] is None:
+        return "departure by absence"
+    return "zone move"
+
+
+def latency(family: str, seed: int, model: str, slowest: int = 3) -> int:
+    run = Run(family, seed, model)
+    portals = set(run.playback.config.portals)
+    kinds: dict[str, list[tuple[float, str, float]]] = defaultdict(list)
+    for truth, got, late_s in matched_pairs(run.truth, run.play(), run.tolerance_s):
+        when = parse_time(truth["time"]) - bench.EPOCH_US / 1e6
+        kinds[_latency_kind(got, portals)].append((late_s, got["epc"], when))
+    for kind, rows in sorted(kinds.items()):
+        rows.sort()
+        late = [r[0] for r in rows]
+        print(
+            f"{kind:21s} {len(rows):5d}  p50 {percentile(late, 50) or 0.0:6.2f}  "
+            f"p99 {percentile(late, 99) or 0.0:6.2f}  max {late[-1]:6.2f} s"
+        )
+        for late_s, epc, when in rows[-slowest:]:
+            print(f"    {epc}  {late_s:+.2f} s after its truth at {when:.1f} s")
+    return 0
+
+
 def _state(engine: Engine, i: int) -> str:
     def name(lid: int) -> str:
         return engine.locs[lid].name if lid != NONE else "-"
@@ -142,7 +176,7 @@ def trace(family: str, seed: int, model: str, epc: str, from_s: float, to_s: flo
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.engine_trace", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for command in ("errors", "trace"):
+    for command in ("errors", "trace", "latency"):
         q = sub.add_parser(command)
         q.add_argument("family")
         q.add_argument("seed", type=int)
@@ -154,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "errors":
         return errors(args.family, args.seed, args.model)
+    if args.command == "latency":
+        return latency(args.family, args.seed, args.model)
     return trace(args.family, args.seed, args.model, args.epc, args.from_s, args.to_s)
 
 

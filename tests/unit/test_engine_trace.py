@@ -36,6 +36,18 @@ def test_a_trace_follows_one_tag_read_by_read(capsys: pytest.CaptureFixture[str]
     assert any(line.startswith("published arrived") for line in lines)
 
 
+def test_latency_splits_every_match_the_bench_scores_by_kind(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (instance,) = bench.set_instances("tuning", ["dock-door"], seeds=[1], models=["independent"])
+    scored = bench.run_instance(instance, None, ["engine"])["engine"]
+    assert engine_trace.main(["latency", "dock-door", "1", "independent"]) == 0
+    out = capsys.readouterr().out
+    counts = dict(re.findall(r"^(\w[\w ]+?)\s+(\d+)  p50", out, re.M))
+    assert "portal crossing" in counts and "zone move" in counts, out
+    assert sum(int(n) for n in counts.values()) == scored["matched"]
+
+
 def test_an_evaluation_seed_is_refused() -> None:
     from simulators.families import EVALUATION_SEEDS
 
