@@ -85,6 +85,13 @@ _FIRST_OUTREAD = 4
 # A single read confirms a first sighting only where the location has confirmed this many and
 # read (almost) no tag that was elsewhere: see Engine._single_read_trusted.
 _TRUST_SIGHTINGS = 100
+# A crossing of a portal is decided early (Engine._let_go) only from a side whose tags the far
+# side has taken _TRUST_CROSSINGS times and challenged in vain at most once per
+# _CROSSINGS_PER_LEAK of them: a side where tags pass through. Where tags wait by the door, the
+# far side leaks reads of them as strong as a crossing's (a bursty link can silence the near
+# side for seconds), and only _OUTREAD and a timed lead tell the two apart.
+_TRUST_CROSSINGS = 20
+_CROSSINGS_PER_LEAK = 10
 # A passage (a tag that arrives by its first sighting and whose reads end, nothing contesting
 # it: a case through a tunnel at belt speed) is dated by how long passages last where it was,
 # learnt from the well-read ones (Loc.learn_dwell): a case read once, or in a burst of misses,
@@ -149,6 +156,8 @@ class Loc:
         "refresh_us",
         "sightings",
         "foreign_reads",
+        "far_won",
+        "far_dropped",
         "dwell_us",
         "dwell_dev_us",
         "passages",
@@ -178,6 +187,10 @@ class Loc:
         # (cross-reads, strays, a neighbour's leaks): see Engine._single_read_trusted.
         self.sightings = 0
         self.foreign_reads = 0
+        # Challenges to tags here by the other side of a portal: won (crossings) and dropped
+        # (leaks of tags that stayed): see Engine._let_go.
+        self.far_won = 0
+        self.far_dropped = 0
         # Learnt: how long a passage lasts here, an exponential average and its mean deviation
         # (see _DWELL_WEIGHT); and the first sightings confirmed here whose end is awaited,
         # (slot, EPC, first read) (Engine._learn_dwells).
@@ -359,6 +372,7 @@ class Engine:
             else:
                 old = self.locs[lid]  # what was learnt there stays
                 loc.sightings, loc.foreign_reads = old.sightings, old.foreign_reads
+                loc.far_won, loc.far_dropped = old.far_won, old.far_dropped
                 loc.dwell_us, loc.dwell_dev_us = old.dwell_us, old.dwell_dev_us
                 loc.passages, loc.watch = old.passages, old.watch
                 self.locs[lid] = loc
@@ -1062,9 +1076,10 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        if not outread:
+        let_go = self._let_go(i, cur, lid, t)
+        if not outread and not let_go:
             return
-        if t - lead < self._confirm_us(i, cur, new):
+        if not let_go and t - lead < self._confirm_us(i, cur, new):
             # Read no more before then (a case that left the field from its new zone), it has
             # held as well unless the old location read it: _check_absence judges it then.
             self._book(i, (lead + int(self._confirm_us(i, cur, new))) // self._tick_us + 1)
@@ -1081,6 +1096,8 @@ class Engine:
           the crossing's middle, but a pallet has crossed only once the far side alone holds
           it (the date portal evaluations with a 2 s tolerance confirm)."""
         old, lid = self.locs[self._loc[i]], self._cand[i]
+        if self._across_a_portal(old.id, lid):
+            old.far_won += 1  # a crossing (see _let_go)
         n = self._n_cand[i]
         lead = self._t_lead[i]
         if not self._portal_side[lid]:
@@ -1099,6 +1116,25 @@ class Engine:
         self._t_k0[i] = NEVER  # moved here: no passage of a first sighting
         self._clear_evidence(i)
         self._emit(i, old, self.locs[lid], lead, source, via, observed, step)
+
+    def _across_a_portal(self, a: int, b: int) -> bool:
+        """Both locations are sides of portals (a location a device named is none)."""
+        sides = self._portal_side
+        return a < len(sides) and b < len(sides) and sides[a] and sides[b]
+
+    def _let_go(self, i: int, cur: int, lid: int, t: int) -> bool:
+        """A crossing from a side where tags pass through (see _TRUST_CROSSINGS) is decided
+        once the far side has out-read the near side by _FIRST_OUTREAD and the near side has
+        been silent for the confirmation time: the far side's lead need not also be timed
+        (a late weak read on the near side restarts it, ~1 s of latency at p99)."""
+        near = self.locs[cur]
+        return (
+            self._across_a_portal(cur, lid)
+            and near.far_won >= _TRUST_CROSSINGS
+            and near.far_dropped * _CROSSINGS_PER_LEAK <= near.far_won
+            and self._k_lead[i] >= _FIRST_OUTREAD
+            and t - self._t_cur[i] >= self._confirm_us(i, cur, self.locs[lid])
+        )
 
     def _out_reads_tentative(
         self, i: int, n: int, s: float, s_here: float, threshold: float
@@ -1317,6 +1353,10 @@ class Engine:
         n = self._n_cand[i]
         if n:
             self.suppressed["single" if n < self._min_reads else reason] += n
+        cur, c = self._loc[i], self._cand[i]
+        if c != NONE and cur != NONE and not self._tentative[i]:
+            if self._across_a_portal(cur, c):
+                self.locs[cur].far_dropped += 1  # a leak: the tag stayed (see _let_go)
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER

@@ -116,6 +116,8 @@ class Loc:
         "refresh_us",
         "sightings",
         "foreign_reads",
+        "crossings",
+        "leaks",
         "dwell",
         "dwell_dev",
         "passages",
@@ -143,6 +145,8 @@ class Loc:
         self.refresh_us = self.departed_after_us // 2 if self.departed_after_us else 1 << 62
         self.sightings = 0  # first sightings confirmed here
         self.foreign_reads = 0  # reads here of tags confirmed elsewhere
+        self.crossings = 0  # tags here taken by the other side of a portal
+        self.leaks = 0  # ...and challenges by it dropped (the tag stayed)
         self.dwell = 0.0  # how long a passage lasts here (µs), and its mean deviation
         self.dwell_dev = 0.0
         self.passages = 0
@@ -287,6 +291,7 @@ class Engine:
             else:
                 old = self.locs[lid]  # what was learnt there stays
                 loc.sightings, loc.foreign_reads = old.sightings, old.foreign_reads
+                loc.crossings, loc.leaks = old.crossings, old.leaks
                 loc.dwell, loc.dwell_dev = old.dwell, old.dwell_dev
                 loc.passages, loc.watched = old.passages, old.watched
                 self.locs[lid] = loc
@@ -858,12 +863,31 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        if not outread:
+        early = self._near_side_let_go(i, cur, lid, t)
+        if not outread and not early:
             return
-        if t - lead < self._confirm_us(i, cur, new):
+        if not early and t - lead < self._confirm_us(i, cur, new):
             self._book(i, (lead + int(self._confirm_us(i, cur, new))) // self._tick_us + 1)
             return
         self._win(i, s, t, read.reader, _via(place), step)
+
+    def _across_a_portal(self, a: int, b: int) -> bool:
+        sides = {p.location for p in self.config.places.values() if p.portal is not None}
+        return self.locs[a].name in sides and self.locs[b].name in sides
+
+    def _near_side_let_go(self, i: int, cur: int, lid: int, t: int) -> bool:
+        """A crossing from a portal side whose tags the far side took at least 20 times and
+        challenged in vain at most once per 10 of them: 4 reads more on the far side, and the
+        near side silent for the confirmation time, decide it."""
+        if not self._across_a_portal(cur, lid):
+            return False
+        near = self.locs[cur]
+        if near.crossings < 20 or near.leaks * 10 > near.crossings:
+            return False
+        silent = t - self._t_cur[i]
+        return self._k_lead[i] >= _FIRST_OUTREAD and silent >= self._confirm_us(
+            i, cur, self.locs[lid]
+        )
 
     def _out_reads_tentative(
         self, i: int, n: int, s: float, s_here: float, threshold: float
@@ -884,6 +908,8 @@ class Engine:
         observed.last_seen."""
         old = self.locs[self._loc[i]]
         lid = self._cand[i]
+        if self._across_a_portal(old.id, lid):
+            old.crossings += 1
         n = self._n_cand[i]
         lead = self._t_lead[i]
         portal_sides = {p.location for p in self.config.places.values() if p.portal is not None}
@@ -1090,6 +1116,9 @@ class Engine:
         n = self._n_cand[i]
         if n:
             self.suppressed["single" if n < self._min_reads else reason] += n
+        cur, c = self._loc[i], self._cand[i]
+        if not self._tentative[i] and NONE not in (cur, c) and self._across_a_portal(cur, c):
+            self.locs[cur].leaks += 1
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER

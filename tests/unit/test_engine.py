@@ -981,3 +981,27 @@ def test_the_passages_a_location_watches_for_their_end_are_bounded() -> None:
     assert len(a.watch) == 256
     run(engine, [], 10.0)
     assert len(a.watch) == 0 and a.passages == 256
+
+
+def _a_crossing_with_a_slow_far_side(engine: Engine, learnt: int) -> Movement:
+    """`learnt` pallets cross the dock door cleanly first; then one whose far side reads it
+    every 0.3 s once the near side has stopped at 25 s: the crossing's decision."""
+    reads: list[TagRead] = []
+    for k in range(learnt):
+        epc = f"{EPC[:-2]}{k:02X}"
+        passing = reads_at("dock", 1, 0, 5) + crossing(("dock", 1), ("dock", 2), 5 + 0.5 * k, 4)
+        reads += [TagRead(epc, r.reader, r.antenna, r.rssi, r.time_us) for r in passing]
+    reads += reads_at("dock", 1, 20, 25) + reads_at("dock", 2, 25, 30, every_s=0.3)
+    moves = [m for m in run(engine, reads, 30) if m.epc == EPC]
+    assert kinds(moves) == [("arrived", "YARD", "DOCK")]
+    return moves[0]
+
+
+def test_a_crossing_from_a_side_tags_pass_through_is_decided_once_the_near_side_is_silent() -> None:
+    # 20 clean crossings teach the engine that tags leave the yard side only by crossing: then
+    # 4 far-side reads more and the near side silent for confirm_s decide (about 26.2 s, once
+    # the yard's level has decayed), not 8 reads more and a lead held for confirm_s (27.1 s).
+    learnt = _a_crossing_with_a_slow_far_side(Engine(site()), learnt=20)
+    assert learnt.observed is not None and learnt.observed.last_seen_us <= T0 + 26_500_000
+    unlearnt = _a_crossing_with_a_slow_far_side(Engine(site()), learnt=0)
+    assert unlearnt.observed is not None and unlearnt.observed.last_seen_us >= T0 + 27_000_000
