@@ -188,33 +188,20 @@ def latency_figures(
     """Score (gateway.score) and split each matched movement's latency into decision and
     delivery, overall and per profile of the location that decided it (where the tag went; a
     departure by absence, to null, waits departed_after_s instead and is kept apart)."""
-    from gateway.score import _got_line, _match, _truth_line, is_movement, score
-
-    def lines(objs: list[dict[str, Any]], parse: Any) -> list[Any]:
-        out = []
-        for obj in objs:
-            try:
-                out.append(parse(obj))
-            except (ValueError, AttributeError, TypeError):
-                pass  # score() counts it as rejected
-        return out
+    from gateway.score import matched_pairs, parse_time, score
 
     result = score(truth, got, tolerance_s)
-    pairs = _match(
-        lines(truth, _truth_line),
-        lines([g for g in got if is_movement(g)], _got_line),
-        tolerance_s,
-    )
     groups: dict[str, dict[str, list[float]]] = {}
-    for t, g in pairs:
-        _, _, from_, to = t.key
+    for t, g, total in matched_pairs(truth, got, tolerance_s):
+        truth_s = parse_time(t["time"])
+        to = t.get("to")
         name = "absence" if to is None else profiles.of_location.get(to, "?")
+        decided = decided_at(g, parse_time(g["time"]))
         for key in (name, "all"):
             split = groups.setdefault(key, {"total": [], "decision": [], "delivery": []})
-            decided = decided_at(g.raw, g.time_s)
-            split["total"].append(g.latency_ref_s - t.time_s)
-            split["decision"].append(decided - t.time_s)
-            split["delivery"].append(g.latency_ref_s - decided)
+            split["total"].append(total)
+            split["decision"].append(decided - truth_s)
+            split["delivery"].append(truth_s + total - decided)
     latency = {
         key: {part: _pct(values) for part, values in split.items()}
         for key, split in sorted(groups.items())
