@@ -190,8 +190,12 @@ class VDA5050Driver(EquipmentDriver):
     async def serve(self) -> None:
         """Handle each message and ack it; wake every _TICK_S for staleness and the status."""
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns an item that comes
+            # in the same turn as a cancel and forgets the cancel (the daemon's stop then
+            # waited for this loop until its shutdown timeout).
             try:
-                item = await asyncio.wait_for(self._queue.get(), _TICK_S)
+                async with asyncio.timeout(_TICK_S):
+                    item = await self._queue.get()
             except TimeoutError:
                 item = None
             if item is _LOST:

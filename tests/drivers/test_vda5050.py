@@ -420,6 +420,37 @@ def test_a_vehicle_that_stops_sending_states_is_stale_once(broker: Broker) -> No
     assert sink.state_names()[-3:] == ["stale", "up", "stopped"]
 
 
+def test_a_message_that_comes_with_the_stop_does_not_keep_the_driver_running(
+    broker: Broker,
+) -> None:
+    """Python 3.11's asyncio.wait_for returns the item and forgets the cancel when the item
+    and the cancel come in the same turn of the loop: the driver then served on past the
+    daemon's stop, which waited for it until its shutdown timeout (exit 70 in the VDA 5050
+    kill -9 test, while the vehicles repeated their states). Here both come in one callback,
+    which calls the race up every time (the queue item stands for any message or tick)."""
+    sink = RecordingSink()
+
+    async def main() -> bool:
+        driver = make_driver(broker, "amr-8", sink)
+        task = asyncio.create_task(driver.run())
+        await until(lambda: driver.sessions == 1)
+        await asyncio.sleep(0.1)  # the driver waits on its queue
+
+        def message_and_stop() -> None:
+            driver._queue.put_nowait(None)
+            task.cancel()
+
+        asyncio.get_running_loop().call_soon(message_and_stop)
+        done, _ = await asyncio.wait([task], timeout=5)
+        if not done:  # a second cancel ends it, so that a failure does not hang the test
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+        return bool(done)
+
+    assert asyncio.run(main()), "the driver ran on past its stop"
+    assert sink.state_names()[-1] == "stopped"
+
+
 def test_a_move_not_made_durable_is_booked_from_the_redelivered_message(broker: Broker) -> None:
     sink = RecordingSink()
     sink.hold_movements = True
