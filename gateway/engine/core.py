@@ -85,11 +85,13 @@ _FIRST_OUTREAD = 4
 # A single read confirms a first sighting only where the location has confirmed this many and
 # read (almost) no tag that was elsewhere: see Engine._single_read_trusted.
 _TRUST_SIGHTINGS = 100
-# A crossing of a portal is decided early (Engine._let_go) only from a side whose tags the far
-# side has taken _TRUST_CROSSINGS times and challenged in vain at most once per
-# _CROSSINGS_PER_LEAK of them: a side where tags pass through. Where tags wait by the door, the
-# far side leaks reads of them as strong as a crossing's (a bursty link can silence the near
-# side for seconds), and only _OUTREAD and a timed lead tell the two apart.
+# A move from one location to another (a portal crossing, a zone move) is decided early
+# (Engine._let_go) only where the new location has taken the old one's tags _TRUST_CROSSINGS
+# times and challenged them in vain at most once per _CROSSINGS_PER_LEAK of them: tags go from
+# there to there only by moving. Where tags wait (by a dock door, on a shelf beside the next
+# zone), the new location leaks reads of them as strong as a move's (a bursty link can silence
+# the old one for seconds), and only _OUTREAD and a timed lead tell the two apart. Learnt per
+# pair: a dock's pallets go on to staging, and that says nothing of the yard's leaks.
 _TRUST_CROSSINGS = 20
 _CROSSINGS_PER_LEAK = 10
 # A passage (a tag that arrives by its first sighting and whose reads end, nothing contesting
@@ -156,8 +158,8 @@ class Loc:
         "refresh_us",
         "sightings",
         "foreign_reads",
-        "far_won",
-        "far_dropped",
+        "taken",
+        "leaked",
         "dwell_us",
         "dwell_dev_us",
         "passages",
@@ -187,10 +189,10 @@ class Loc:
         # (cross-reads, strays, a neighbour's leaks): see Engine._single_read_trusted.
         self.sightings = 0
         self.foreign_reads = 0
-        # Challenges to tags here by the other side of a portal: won (crossings) and dropped
-        # (leaks of tags that stayed): see Engine._let_go.
-        self.far_won = 0
-        self.far_dropped = 0
+        # Learnt, per location that challenged tags here: the challenges it won (the tag
+        # went there) and those dropped (its leaks of tags that stayed): see Engine._let_go.
+        self.taken: dict[int, int] = {}
+        self.leaked: dict[int, int] = {}
         # Learnt: how long a passage lasts here, an exponential average and its mean deviation
         # (see _DWELL_WEIGHT); and the first sightings confirmed here whose end is awaited,
         # (slot, EPC, first read) (Engine._learn_dwells).
@@ -372,7 +374,7 @@ class Engine:
             else:
                 old = self.locs[lid]  # what was learnt there stays
                 loc.sightings, loc.foreign_reads = old.sightings, old.foreign_reads
-                loc.far_won, loc.far_dropped = old.far_won, old.far_dropped
+                loc.taken, loc.leaked = old.taken, old.leaked
                 loc.dwell_us, loc.dwell_dev_us = old.dwell_us, old.dwell_dev_us
                 loc.passages, loc.watch = old.passages, old.watch
                 self.locs[lid] = loc
@@ -1096,8 +1098,7 @@ class Engine:
           the crossing's middle, but a pallet has crossed only once the far side alone holds
           it (the date portal evaluations with a 2 s tolerance confirm)."""
         old, lid = self.locs[self._loc[i]], self._cand[i]
-        if self._across_a_portal(old.id, lid):
-            old.far_won += 1  # a crossing (see _let_go)
+        old.taken[lid] = old.taken.get(lid, 0) + 1  # (see _let_go)
         n = self._n_cand[i]
         lead = self._t_lead[i]
         if not self._portal_side[lid]:
@@ -1117,21 +1118,16 @@ class Engine:
         self._clear_evidence(i)
         self._emit(i, old, self.locs[lid], lead, source, via, observed, step)
 
-    def _across_a_portal(self, a: int, b: int) -> bool:
-        """Both locations are sides of portals (a location a device named is none)."""
-        sides = self._portal_side
-        return a < len(sides) and b < len(sides) and sides[a] and sides[b]
-
     def _let_go(self, i: int, cur: int, lid: int, t: int) -> bool:
-        """A crossing from a side where tags pass through (see _TRUST_CROSSINGS) is decided
-        once the far side has out-read the near side by _FIRST_OUTREAD and the near side has
-        been silent for the confirmation time: the far side's lead need not also be timed
-        (a late weak read on the near side restarts it, ~1 s of latency at p99)."""
+        """A move between locations where tags pass (see _TRUST_CROSSINGS) is decided once the
+        new location has out-read the old one by _FIRST_OUTREAD and the old one has been silent
+        for the confirmation time: the new location's lead need not also be timed (a late weak
+        read on the old one restarts it, ~1 s of latency at p99)."""
         near = self.locs[cur]
+        taken = near.taken.get(lid, 0)
         return (
-            self._across_a_portal(cur, lid)
-            and near.far_won >= _TRUST_CROSSINGS
-            and near.far_dropped * _CROSSINGS_PER_LEAK <= near.far_won
+            taken >= _TRUST_CROSSINGS
+            and near.leaked.get(lid, 0) * _CROSSINGS_PER_LEAK <= taken
             and self._k_lead[i] >= _FIRST_OUTREAD
             and t - self._t_cur[i] >= self._confirm_us(i, cur, self.locs[lid])
         )
@@ -1355,8 +1351,8 @@ class Engine:
             self.suppressed["single" if n < self._min_reads else reason] += n
         cur, c = self._loc[i], self._cand[i]
         if c != NONE and cur != NONE and not self._tentative[i]:
-            if self._across_a_portal(cur, c):
-                self.locs[cur].far_dropped += 1  # a leak: the tag stayed (see _let_go)
+            leaked = self.locs[cur].leaked
+            leaked[c] = leaked.get(c, 0) + 1  # the tag stayed (see _let_go)
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER

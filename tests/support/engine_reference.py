@@ -35,7 +35,7 @@ from __future__ import annotations
 import heapq
 from array import array
 from bisect import bisect_right
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -145,8 +145,8 @@ class Loc:
         self.refresh_us = self.departed_after_us // 2 if self.departed_after_us else 1 << 62
         self.sightings = 0  # first sightings confirmed here
         self.foreign_reads = 0  # reads here of tags confirmed elsewhere
-        self.crossings = 0  # tags here taken by the other side of a portal
-        self.leaks = 0  # ...and challenges by it dropped (the tag stayed)
+        self.crossings: Counter[int] = Counter()  # tags here taken, by the location that won
+        self.leaks: Counter[int] = Counter()  # ...and its challenges dropped (the tag stayed)
         self.dwell = 0.0  # how long a passage lasts here (µs), and its mean deviation
         self.dwell_dev = 0.0
         self.passages = 0
@@ -871,18 +871,12 @@ class Engine:
             return
         self._win(i, s, t, read.reader, _via(place), step)
 
-    def _across_a_portal(self, a: int, b: int) -> bool:
-        sides = {p.location for p in self.config.places.values() if p.portal is not None}
-        return self.locs[a].name in sides and self.locs[b].name in sides
-
     def _near_side_let_go(self, i: int, cur: int, lid: int, t: int) -> bool:
-        """A crossing from a portal side whose tags the far side took at least 20 times and
-        challenged in vain at most once per 10 of them: 4 reads more on the far side, and the
-        near side silent for the confirmation time, decide it."""
-        if not self._across_a_portal(cur, lid):
-            return False
+        """A move to a location that took the old one's tags at least 20 times and
+        challenged them in vain at most once per 10 of them: 4 reads more there, and the old
+        location silent for the confirmation time, decide it."""
         near = self.locs[cur]
-        if near.crossings < 20 or near.leaks * 10 > near.crossings:
+        if near.crossings[lid] < 20 or near.leaks[lid] * 10 > near.crossings[lid]:
             return False
         silent = t - self._t_cur[i]
         return self._k_lead[i] >= _FIRST_OUTREAD and silent >= self._confirm_us(
@@ -908,8 +902,7 @@ class Engine:
         observed.last_seen."""
         old = self.locs[self._loc[i]]
         lid = self._cand[i]
-        if self._across_a_portal(old.id, lid):
-            old.crossings += 1
+        old.crossings[lid] += 1
         n = self._n_cand[i]
         lead = self._t_lead[i]
         portal_sides = {p.location for p in self.config.places.values() if p.portal is not None}
@@ -1117,8 +1110,8 @@ class Engine:
         if n:
             self.suppressed["single" if n < self._min_reads else reason] += n
         cur, c = self._loc[i], self._cand[i]
-        if not self._tentative[i] and NONE not in (cur, c) and self._across_a_portal(cur, c):
-            self.locs[cur].leaks += 1
+        if not self._tentative[i] and NONE not in (cur, c):
+            self.locs[cur].leaks[c] += 1
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
