@@ -75,14 +75,16 @@ MODELS = ("independent", "bursty")
 # silent moves decided by a level lead, and reported in docs/engine.md: retired, as anything
 # written after them has seen them. 10001-10010 were the ninth; run once (2026-12-07) after
 # crossings decided sooner from a side tags pass through, and reported in docs/engine.md:
-# retired. 11001-11010 are the tenth, unseen.
+# retired. 11001-11010 were the tenth; run once (2026-12-08) after moves decided sooner
+# between any two locations tags pass between (learnt per pair), and reported in
+# docs/engine.md: retired. 12001-12010 are the eleventh, unseen.
 RETIRED_EVALUATION_SEEDS = tuple(
     seed
-    for first in (1001, 2001, 3001, 4001, 5001, 6001, 7001, 8001, 9001, 10001)
+    for first in (1001, 2001, 3001, 4001, 5001, 6001, 7001, 8001, 9001, 10001, 11001)
     for seed in range(first, first + 10)
 )
 TUNING_SEEDS = tuple(range(1, 11)) + RETIRED_EVALUATION_SEEDS
-EVALUATION_SEEDS = tuple(range(11001, 11011))
+EVALUATION_SEEDS = tuple(range(12001, 12011))
 SEED_SETS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     {"tuning": TUNING_SEEDS, "evaluation": EVALUATION_SEEDS}
 )
