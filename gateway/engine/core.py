@@ -1352,7 +1352,7 @@ class Engine:
         cur, c = self._loc[i], self._cand[i]
         if c != NONE and cur != NONE and not self._tentative[i]:
             leaked = self.locs[cur].leaked
-            leaked[c] = leaked.get(c, 0) + 1  # the tag stayed (see _let_go)
+            leaked[c] = leaked.get(c, 0) + 1  # the challenge came to nothing (see _let_go)
         self._cand[i] = NONE
         self._n_cand[i] = 0
         self._t_lead[i] = NEVER
