@@ -1078,7 +1078,7 @@ class Engine:
             self._tentative_at(i, lid, s, t, n, lead)
             self._tentative_progress(i, t, read.reader, place, step)
             return
-        let_go = self._let_go(i, cur, lid, t)
+        let_go = self._let_go(i, cur, new, t)
         if not outread and not let_go:
             return
         if not let_go and t - lead < self._confirm_us(i, cur, new):
@@ -1118,18 +1118,18 @@ class Engine:
         self._clear_evidence(i)
         self._emit(i, old, self.locs[lid], lead, source, via, observed, step)
 
-    def _let_go(self, i: int, cur: int, lid: int, t: int) -> bool:
+    def _let_go(self, i: int, cur: int, new: Loc, t: int) -> bool:
         """A move between locations where tags pass (see _TRUST_CROSSINGS) is decided once the
         new location has out-read the old one by _FIRST_OUTREAD and the old one has been silent
         for the confirmation time: the new location's lead need not also be timed (a late weak
         read on the old one restarts it, ~1 s of latency at p99)."""
         near = self.locs[cur]
-        taken = near.taken.get(lid, 0)
+        taken = near.taken.get(new.id, 0)
         return (
             taken >= _TRUST_CROSSINGS
-            and near.leaked.get(lid, 0) * _CROSSINGS_PER_LEAK <= taken
+            and near.leaked.get(new.id, 0) * _CROSSINGS_PER_LEAK <= taken
             and self._k_lead[i] >= _FIRST_OUTREAD
-            and t - self._t_cur[i] >= self._confirm_us(i, cur, self.locs[lid])
+            and t - self._t_cur[i] >= self._confirm_us(i, cur, new)
         )
 
     def _out_reads_tentative(

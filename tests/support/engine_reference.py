@@ -146,7 +146,7 @@ class Loc:
         self.sightings = 0  # first sightings confirmed here
         self.foreign_reads = 0  # reads here of tags confirmed elsewhere
         self.crossings: Counter[int] = Counter()  # tags here taken, by the location that won
-        self.leaks: Counter[int] = Counter()  # ...and its challenges dropped (the tag stayed)
+        self.leaks: Counter[int] = Counter()  # ...and its challenges that came to nothing
         self.dwell = 0.0  # how long a passage lasts here (µs), and its mean deviation
         self.dwell_dev = 0.0
         self.passages = 0

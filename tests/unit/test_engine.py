@@ -983,6 +983,17 @@ def test_the_passages_a_location_watches_for_their_end_are_bounded() -> None:
     assert len(a.watch) == 0 and a.passages == 256
 
 
+def _clean_moves(near: tuple[str, int], far: tuple[str, int], count: int) -> list[TagRead]:
+    """`count` other tags, each read at `near` and then moved cleanly to `far`: what teaches
+    a location that its tags go there only by moving."""
+    reads: list[TagRead] = []
+    for k in range(count):
+        epc = f"{EPC[:-2]}{k:02X}"
+        passing = reads_at(*near, 0, 5) + crossing(near, far, 5 + 0.5 * k, 4)
+        reads += [TagRead(epc, r.reader, r.antenna, r.rssi, r.time_us) for r in passing]
+    return reads
+
+
 def _a_crossing_with_a_slow_far_side(
     engine: Engine, learnt: int, waiting: int = 0, reader: str = "dock"
 ) -> Movement:
@@ -990,11 +1001,7 @@ def _a_crossing_with_a_slow_far_side(
     the dock door, or from zone A to zone B), while `waiting` others stay at antenna 1, antenna
     2 catching each now and then; then one whose antenna 2 reads it every 0.3 s once antenna 1
     has stopped at 25 s: the move's decision."""
-    reads: list[TagRead] = []
-    for k in range(learnt):
-        epc = f"{EPC[:-2]}{k:02X}"
-        passing = reads_at(reader, 1, 0, 5) + crossing((reader, 1), (reader, 2), 5 + 0.5 * k, 4)
-        reads += [TagRead(epc, r.reader, r.antenna, r.rssi, r.time_us) for r in passing]
+    reads = _clean_moves((reader, 1), (reader, 2), learnt)
     for k in range(waiting):
         epc = f"{EPC[:-2]}{0x80 + k:02X}"
         leaks = [reads_at(reader, 2, t, t + 0.2, rssi=-53) for t in (3.0, 8.0, 13.0, 18.0)]
@@ -1046,11 +1053,7 @@ def test_what_a_location_learns_of_moves_is_per_destination() -> None:
     # 20 pallets go on from the dock to zone A (another reader): that teaches nothing of the
     # yard, where pallets by the door may leak reads. A tag that leaves the dock for the yard
     # still needs the full lead (27.1 s, not the 26.2 s an early decision gives).
-    reads: list[TagRead] = []
-    for k in range(20):
-        epc = f"{EPC[:-2]}{k:02X}"
-        passing = reads_at("dock", 2, 0, 5) + crossing(("dock", 2), ("zones", 1), 5 + 0.5 * k, 4)
-        reads += [TagRead(epc, r.reader, r.antenna, r.rssi, r.time_us) for r in passing]
+    reads = _clean_moves(("dock", 2), ("zones", 1), 20)
     reads += reads_at("dock", 2, 20, 25) + reads_at("dock", 1, 25, 30, every_s=0.3)
     engine = Engine(site())
     moves = [m for m in run(engine, reads, 30) if m.epc == EPC]
