@@ -11,6 +11,7 @@ messages.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import signal
 import sqlite3
@@ -190,6 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.enable()  # SIGABRT (a harness giving up on it) prints every thread's stack
     args = parse_args(argv)
     listener = Listener(args)
     url = urlsplit(args.broker)
@@ -224,6 +226,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.idle_exit_s and listener.new and now - listener.last_message > args.idle_exit_s:
             break
     client.disconnect()
-    client.loop_stop()
+    _stop_loop(client, listener)
     listener.report(listener.summary())
     return 0
+
+
+LOOP_STOP_S = 5.0  # how long an exit waits for paho's network thread
+
+
+def _stop_loop(client: mqtt.Client, listener: Listener) -> None:
+    """Join paho's network thread, but not for ever: a consumer asked to stop must stop (the
+    thread is a daemon, so the exit does not wait for it). If it did not end, say so."""
+    stopper = threading.Thread(target=client.loop_stop, name="loop-stop", daemon=True)
+    stopper.start()
+    stopper.join(LOOP_STOP_S)
+    if stopper.is_alive():
+        listener.report(
+            {"event": "warning", "what": f"MQTT loop still running {LOOP_STOP_S} s after stop"}
+        )

@@ -83,7 +83,15 @@ class ListenProcess:
         """Stop it; returns the final summary it printed on stderr."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack
+                self.proc.wait(10)
+                stacks = self.err_path.read_text()[-4000:]
+                raise AssertionError(
+                    f"fc-edge listen ignored SIGTERM for 15 s:\n{stacks}"
+                ) from None
         self.out.close()
         self.err.close()
         summary = {}

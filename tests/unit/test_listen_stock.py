@@ -180,3 +180,31 @@ def test_the_listener_reports_a_cross_gateway_move_and_counts_it(
     assert summary["stock"] == {"ZONE-B": 1} and summary["cross_gateway_moves"] == 1
     assert summary["last_seq"] == {"gw-a/movements": 2, "gw-b/movements": 1}
     assert len(listener.out.getvalue().splitlines()) == 3
+
+
+def test_listen_stops_even_if_the_mqtt_loop_does_not(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once in CI, `fc-edge listen` outlived SIGTERM by 15 s with no summary printed. A
+    consumer asked to stop must stop: it waits LOOP_STOP_S for paho's network thread, then
+    says so and goes on. The hang could not be called up again, so a client whose loop_stop
+    never returns stands in for it (the one part that is not real here)."""
+    import threading
+    import time
+
+    from gateway import listen
+
+    monkeypatch.setattr(listen, "LOOP_STOP_S", 0.2)
+    never = threading.Event()
+
+    class StuckLoop:
+        def loop_stop(self) -> None:
+            never.wait()
+
+    listener = Listener(parse_args(["--site", "S1"]))
+    started = time.monotonic()
+    listen._stop_loop(StuckLoop(), listener)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 2.0
+    (warning,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert warning["event"] == "warning" and "MQTT loop" in warning["what"]
+    never.set()
